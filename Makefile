@@ -1,0 +1,32 @@
+# Two commands matter: `make demo` and `make test`. Both install everything first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEMO   := exp/demo
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+# torch is installed first and pinned: any looser request downloads a CUDA build.
+$(VENV)/.installed: setup.cfg scripts/fix_torchaudio_cpu.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) scripts/fix_torchaudio_cpu.py
+	touch $@
+
+demo: setup
+	$(PY) -m corpora.synthesize speech_commands $(DEMO)/corpus --speakers 40
+	$(PY) -m framework run kws --config configs/kws_demo.yaml target_dir=$(DEMO)/kws \
+	    prepare_data.dataset_root=$(DEMO)/corpus/speech_commands_v0.01 \
+	    prepare_data.test_root=$(DEMO)/corpus/speech_commands_test_set_v0.01
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) bench/kws_train_throughput.py
+
+clean:
+	rm -rf $(VENV) exp
