@@ -1,0 +1,92 @@
+"""Datasets over a manifest CSV, and the collate function that pads them.
+
+Manifest columns used: ``id``, ``wav_path``, optional ``start``/``end`` (seconds of the file;
+empty = whole file), ``duration`` (seconds, written by the stage-0 screening), and the label
+column when an encoder is given.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from framework.audio.io import read_audio
+
+
+def read_manifest(csv_path) -> pd.DataFrame:
+    """Load a manifest with string ids/labels (never parse "no" or "01" as other types)."""
+    return pd.read_csv(csv_path, dtype={"id": str, "label": str, "speaker": str,
+                                        "utterance": str}, keep_default_na=False,
+                       na_values={"start": [""], "end": [""], "duration": [""]})
+
+
+class AudioDataset(Dataset):
+    """One item per manifest row: ``{"id": str, "wav": FloatTensor (T,), "label": int}``.
+
+    ``max_secs`` crops longer items: a random window in ``crop="random"`` mode (seeded by
+    ``seed``, the epoch set with :meth:`set_epoch` and the index, so a resumed run crops the
+    same), the centre window in ``crop="center"`` mode. Only the window is read from disk.
+    ``label`` is present when ``label_to_id`` is given.
+    """
+
+    def __init__(self, manifest: pd.DataFrame, label_to_id: dict[str, int] | None = None,
+                 sample_rate: int = 16000, max_secs: float | None = None,
+                 crop: str = "center", seed: int = 0, label_column: str = "label"):
+        self.rows = manifest.reset_index(drop=True)
+        self.ids = self.rows["id"].tolist()
+        self.paths = self.rows["wav_path"].tolist()
+        self.starts = _optional_column(self.rows, "start")
+        self.ends = _optional_column(self.rows, "end")
+        self.durations = _optional_column(self.rows, "duration")
+        self.labels = None
+        if label_to_id is not None:
+            self.labels = [label_to_id[x] for x in self.rows[label_column]]
+        self.sample_rate, self.crop, self.seed, self.epoch = sample_rate, crop, seed, 0
+        self.max_frames = int(max_secs * sample_rate) if max_secs else None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict:
+        wav = read_audio(self.paths[index], self.starts[index], self.ends[index],
+                         self.sample_rate, self.max_frames, self.crop_offset(index))
+        item = {"id": self.ids[index], "wav": wav}
+        if self.labels is not None:
+            item["label"] = self.labels[index]
+        return item
+
+    def crop_offset(self, index: int) -> int | None:
+        """First frame of the window to read (None: from the start)."""
+        duration = self.durations[index]
+        if self.max_frames is None or duration is None:
+            return None
+        spare = int(duration * self.sample_rate) - self.max_frames
+        if spare <= 0:
+            return None
+        if self.crop == "center":
+            return spare // 2
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        return int(rng.integers(0, spare + 1))
+
+
+def _optional_column(rows: pd.DataFrame, name: str) -> list:
+    if name not in rows:
+        return [None] * len(rows)
+    return [None if pd.isna(v) else float(v) for v in rows[name]]
+
+
+def collate_padded(items: list[dict]) -> dict:
+    """Pad waveforms to the longest: ``wav`` (B, T) float, ``wav_len`` (B,) long, ``id`` list,
+    ``label`` (B,) long when items carry labels."""
+    lens = torch.tensor([len(x["wav"]) for x in items], dtype=torch.long)
+    wavs = torch.zeros(len(items), int(lens.max()) if len(items) else 0)
+    for row, item in enumerate(items):
+        wavs[row, : len(item["wav"])] = item["wav"]
+    batch = {"id": [x["id"] for x in items], "wav": wavs, "wav_len": lens}
+    if items and "label" in items[0]:
+        batch["label"] = torch.tensor([x["label"] for x in items], dtype=torch.long)
+    return batch

@@ -1,0 +1,86 @@
+"""Batch samplers: deterministic per epoch, resumable mid-epoch, shard-aware.
+
+Every sampler draws one global order per epoch from ``(seed, epoch)``, cuts it into global
+batches of ``batch_size * world_size`` items and gives rank ``r`` the slice
+``[r * batch_size, (r + 1) * batch_size)`` of each. So every rank gets the same number of
+batches, ranks never share an item within a global batch, and N processes with batch b see
+exactly the items one process with batch N·b sees. ``set_epoch(epoch, start_batch)`` skips
+the first ``start_batch`` batches (exact mid-epoch resume).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from framework.registry import Registry
+
+BATCH_SAMPLERS: Registry[Sampler] = Registry("batch sampler")
+
+
+class ShardedBatchSampler(Sampler):
+    """Base class: subclasses implement :meth:`epoch_order` (a 1-D array of item indices)."""
+
+    def __init__(self, batch_size: int, seed: int = 0, world_size: int = 1, rank: int = 0,
+                 drop_last: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size, self.seed = batch_size, seed
+        self.world_size, self.rank, self.drop_last = world_size, rank, drop_last
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def epoch_order(self, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def global_batches(self) -> list[np.ndarray]:
+        order = self.epoch_order(np.random.default_rng((self.seed, self.epoch)))
+        size = self.batch_size * self.world_size
+        count = len(order) // size if self.drop_last else math.ceil(len(order) / size)
+        if count * size > len(order) and len(order):
+            # Wrap around so the last global batch is full: equal batches on every rank.
+            order = np.concatenate([order, np.resize(order, count * size - len(order))])
+        return [order[i * size:(i + 1) * size] for i in range(count)]
+
+    def __iter__(self):
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        for batch in self.global_batches()[self.start_batch:]:
+            yield batch[lo:hi].tolist()
+
+    def __len__(self) -> int:
+        return len(self.global_batches()) - self.start_batch
+
+
+@BATCH_SAMPLERS.register("fixed")
+class FixedBatchSampler(ShardedBatchSampler):
+    """Fixed-size batches over every item once per epoch, shuffled or in order."""
+
+    def __init__(self, num_items: int, batch_size: int, shuffle: bool = True, **common):
+        super().__init__(batch_size, **common)
+        self.num_items, self.shuffle = num_items, shuffle
+
+    def epoch_order(self, rng):
+        return rng.permutation(self.num_items) if self.shuffle else np.arange(self.num_items)
+
+
+@BATCH_SAMPLERS.register("balanced")
+class BalancedBatchSampler(ShardedBatchSampler):
+    """Class-balanced batches: items drawn with replacement, weight 1 / (count of its class).
+
+    An epoch is ``num_samples`` draws (default: the number of items).
+    """
+
+    def __init__(self, labels: list, batch_size: int, num_samples: int | None = None,
+                 **common):
+        super().__init__(batch_size, **common)
+        _, inverse, counts = np.unique(np.asarray(labels), return_inverse=True,
+                                       return_counts=True)
+        weights = 1.0 / counts[inverse]
+        self.probabilities = weights / weights.sum()
+        self.num_samples = num_samples or len(labels)
+
+    def epoch_order(self, rng):
+        return rng.choice(len(self.probabilities), self.num_samples, p=self.probabilities)

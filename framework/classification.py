@@ -1,0 +1,50 @@
+"""The utterance-classification family (keyword spotting, genre classification, ...).
+
+Manifests carry a ``label`` column; the encoder is a JSON list of the training labels; the
+task is cross-entropy; the report is accuracy, F1, a confusion matrix and friends.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from framework.audio.dataset import AudioDataset, read_manifest
+from framework.encoder import CategoryEncoder
+from framework.problem import Problem
+from framework.report.classification import write_classification_report
+from framework.tasks.classification import UtteranceClassificationTask
+
+
+class UtteranceClassification(Problem):
+    """One label per utterance (or segment) from a ``label`` manifest column."""
+
+    def build_encoder(self, build_encoder, target_dir, cache_dir, train_csv, valid_csv,
+                      test_csvs):
+        labels = read_manifest(train_csv)["label"]
+        return CategoryEncoder.from_labels(labels).save(Path(target_dir) / "encoder.json")
+
+    def load_encoder(self, path):
+        return CategoryEncoder.load(path)
+
+    def model_output_size(self, encoder) -> int:
+        return len(encoder)
+
+    def build_dataset(self, build_dataset, target_dir, cache_dir, mode, data_csv,
+                      encoder_path):
+        conf = build_dataset["train" if mode == "train" else "test"]
+        manifest = read_manifest(data_csv)
+        if mode == "train" and conf.get("min_secs"):
+            manifest = manifest[manifest["duration"] >= conf["min_secs"]]
+        encoder = self.load_encoder(encoder_path)
+        return AudioDataset(manifest, encoder.index, build_dataset["sample_rate"],
+                            conf.get("max_secs"), "random" if mode == "train" else "center",
+                            seed=self.cfg.train.seed)
+
+    def build_task(self, build_task, model, encoder):
+        return UtteranceClassificationTask(model, encoder.classes, **build_task)
+
+    def report(self, report, results, report_dir):
+        classes = self.load_encoder(self.artifact("build_encoder", "encoder")).classes
+        best = next((r for r in results if r["checkpoint"] == "valid_best"
+                     and r["split"] == "test"), results[0])
+        return write_classification_report(report_dir, results, classes,
+                                           title=type(self).__name__, best=best)

@@ -1,0 +1,163 @@
+"""The config contract: YAML defaults < ``--config`` files < dotlist overrides.
+
+Every top-level section is named after the ``build_*`` (or stage) method that receives it.
+Merging is strict: a key absent from the defaults is an error that names the nearest valid
+key, a value of the wrong type is an error, and a ``???`` left unset is an error before any
+stage runs. Only mappings named ``conf`` are open: they are keyword arguments handed to a
+class chosen by ``name`` (an optimizer, an upstream, ...), and are checked against that
+class's signature when it is built.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+from framework.errors import ConfigError
+from framework.registry import closest
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+OPEN_KEYS = {"conf"}
+
+
+def resolve_config_file(name: str | Path, near: Path | None = None) -> Path:
+    """Find a default-config file: absolute, next to ``near`` (a module file), or in configs/."""
+    name = Path(name)
+    candidates = [name] if name.is_absolute() else [CONFIG_DIR / name]
+    if near is not None and not name.is_absolute():
+        candidates.insert(0, near.parent / name)
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ConfigError(f"default config '{name}' not found (looked in "
+                      f"{', '.join(str(c.parent) for c in candidates)})")
+
+
+def load_yaml(path: str | Path) -> DictConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:  # omegaconf/yaml raise many types; the message is what matters
+        raise ConfigError(f"--config {path}: not valid YAML: {err}") from err
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"--config {path}: expected a mapping of sections at the top level")
+    return cfg
+
+
+def parse_dotlist(items: Iterable[str]) -> DictConfig:
+    """``["train.total_steps=10", ...]`` → config; each item must contain ``=``."""
+    items = list(items)
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+    return OmegaConf.from_dotlist(items)
+
+
+def merge_layer(base: DictConfig, layer: Any, origin: str) -> DictConfig:
+    """Merge ``layer`` over ``base`` after checking every key and type against ``base``."""
+    layer = layer if isinstance(layer, DictConfig) else OmegaConf.create(layer or {})
+    check_layer(base, layer, prefix="", origin=origin)
+    return OmegaConf.merge(base, layer)
+
+
+def check_layer(base: DictConfig, layer: DictConfig, prefix: str, origin: str) -> None:
+    for key in layer.keys():
+        path = f"{prefix}{key}"
+        if key not in base.keys():
+            raise ConfigError(f"{origin}: unknown key '{path}'{closest(str(key), base.keys())} "
+                              f"Valid keys{' under ' + prefix[:-1] if prefix else ''}: "
+                              f"{', '.join(map(str, base.keys()))}.")
+        if str(key) in OPEN_KEYS:
+            continue
+        default = OmegaConf.to_container(base, resolve=False)[key]
+        value = OmegaConf.to_container(layer, resolve=False)[key]
+        if isinstance(default, dict) and isinstance(value, dict):
+            check_layer(base[key], layer[key], f"{path}.", origin)
+        else:
+            check_type(path, default, value, origin)
+
+
+def check_type(path: str, default: Any, value: Any, origin: str) -> None:
+    """Allow a value of the default's type (int for float too); ``null`` where not int/bool."""
+    if default is None or default == "???" or value == "???":
+        return
+    if value is None:
+        if isinstance(default, (bool, int)) and not isinstance(default, float):
+            raise ConfigError(f"{origin}: {path} cannot be null (expected {_kind(default)})")
+        return
+    ok = {bool: (bool,), int: (int,), float: (int, float), str: (str,),
+          list: (list,), dict: (dict,)}[type(default)]
+    if isinstance(value, bool) and bool not in ok:
+        ok = ()
+    if not isinstance(value, ok):
+        raise ConfigError(f"{origin}: {path} expects {_kind(default)}, got {value!r}")
+
+
+def _kind(value: Any) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}[type(value)]
+
+
+def missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted paths of every value still ``???``."""
+    found = []
+    for key in cfg.keys():
+        path = f"{prefix}{key}"
+        if OmegaConf.is_missing(cfg, key):
+            found.append(path)
+        elif isinstance(cfg[key], DictConfig):
+            found.extend(missing_keys(cfg[key], f"{path}."))
+    return found
+
+
+def check_complete(cfg: DictConfig, comments: dict[str, str]) -> None:
+    """Fail, naming each ``???`` key and what its default-config comment says to set."""
+    missing = missing_keys(cfg)
+    if missing:
+        lines = [f"  {key}=...   # {comments.get(key, 'required')}" for key in missing]
+        raise ConfigError("these keys are required and unset (???); set them on the command "
+                          "line or in a --config file:\n" + "\n".join(lines))
+
+
+_KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w.-]*):(?P<rest>.*)$")
+
+
+def yaml_comments(text: str) -> dict[str, str]:
+    """Dotted key → its comment in a YAML file (inline ``# ...`` or the lines just above)."""
+    comments, stack, pending = {}, [], []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("# ").strip())
+            continue
+        match = _KEY_LINE.match(line)
+        if not match:
+            pending = [] if not stripped else pending
+            continue
+        indent = len(match["indent"])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, match["key"]))
+        inline = match["rest"].split(" #", 1)[1].strip() if " #" in match["rest"] else ""
+        text_ = inline or " ".join(pending)
+        if text_:
+            comments[".".join(k for _, k in stack)] = text_
+        pending = []
+    return comments
+
+
+def to_plain(cfg: DictConfig | dict) -> dict:
+    """A resolved, plain-Python copy (what ``build_*`` methods receive)."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def save_yaml(cfg: DictConfig | dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))))

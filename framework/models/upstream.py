@@ -1,0 +1,131 @@
+"""Upstreams: padded waveforms → a list of hidden-state layers.
+
+Contract (every upstream): ``forward(wavs, wav_lens)`` with ``wavs`` float (B, T) at 16 kHz
+and ``wav_lens`` long (B,) returns ``(hidden_states, lens)``: a list of ``num_layers`` tensors
+(B, T', hidden_sizes[i]) and long (B,) valid frame counts; frames past ``lens`` are padding.
+``downsample_rate`` is the number of input samples per output frame.
+
+The spectral upstreams below compute features for the whole batch at once on the model's
+device (one batched STFT), never utterance by utterance.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torchaudio
+
+from framework.registry import Registry
+
+UPSTREAMS: Registry[nn.Module] = Registry("upstream")
+
+
+class Upstream(nn.Module):
+    """Base class: subclasses set ``hidden_sizes`` and ``downsample_rate``."""
+
+    hidden_sizes: list[int]
+    downsample_rate: int
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.hidden_sizes)
+
+
+class SpectralUpstream(Upstream):
+    """A single-layer upstream computing a frame-level spectral feature (25 ms / 10 ms)."""
+
+    def __init__(self, sample_rate: int = 16000, win_ms: float = 25.0, hop_ms: float = 10.0):
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.win_length = int(sample_rate * win_ms / 1000)
+        self.hop_length = int(sample_rate * hop_ms / 1000)
+        self.downsample_rate = self.hop_length
+
+    def frame_lens(self, wav_lens: torch.Tensor) -> torch.Tensor:
+        # torch.stft with center=True yields 1 + T // hop frames.
+        return wav_lens // self.hop_length + 1
+
+    def features(self, wavs: torch.Tensor) -> torch.Tensor:
+        """(B, T) → (B, T', D)."""
+        raise NotImplementedError
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor):
+        feats = self.features(wavs)
+        lens = self.frame_lens(wav_lens).clamp(max=feats.shape[1])
+        return [feats], lens
+
+
+@UPSTREAMS.register("fbank")
+class Fbank(SpectralUpstream):
+    """Log mel filterbank (Kaldi-style: pre-emphasis, Hamming window, HTK mel), 80 bins."""
+
+    def __init__(self, num_mel_bins: int = 80, preemphasis: float = 0.97,
+                 mean_norm: bool = True, sample_rate: int = 16000, win_ms: float = 25.0,
+                 hop_ms: float = 10.0):
+        super().__init__(sample_rate, win_ms, hop_ms)
+        self.preemphasis = preemphasis
+        self.mean_norm = mean_norm
+        self.n_fft = 1 << (self.win_length - 1).bit_length()
+        self.register_buffer("window", torch.hamming_window(self.win_length), persistent=False)
+        mel = torchaudio.functional.melscale_fbanks(
+            self.n_fft // 2 + 1, 20.0, self.sample_rate / 2, num_mel_bins, self.sample_rate,
+            mel_scale="htk")
+        self.register_buffer("mel", mel, persistent=False)
+        self.hidden_sizes = [num_mel_bins]
+
+    def features(self, wavs):
+        if self.preemphasis:
+            wavs = torch.cat([wavs[:, :1], wavs[:, 1:] - self.preemphasis * wavs[:, :-1]], 1)
+        spec = torch.stft(wavs, self.n_fft, self.hop_length, self.win_length, self.window,
+                          center=True, return_complex=True)
+        power = spec.real.square() + spec.imag.square()          # (B, F, T')
+        logmel = torch.log(power.transpose(1, 2) @ self.mel + 1e-6)  # (B, T', mels)
+        return logmel
+
+    def forward(self, wavs, wav_lens):
+        [feats], lens = super().forward(wavs, wav_lens)
+        if self.mean_norm:
+            feats = feats - masked_mean(feats, lens).unsqueeze(1)
+        return [feats], lens
+
+
+@UPSTREAMS.register("mel")
+class LogMel(SpectralUpstream):
+    """Log mel spectrogram in dB (torchaudio MelSpectrogram, Slaney mel), 80 bins."""
+
+    def __init__(self, n_mels: int = 80, n_fft: int = 512, top_db: float = 80.0,
+                 sample_rate: int = 16000, win_ms: float = 25.0, hop_ms: float = 10.0):
+        super().__init__(sample_rate, win_ms, hop_ms)
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            self.sample_rate, n_fft=n_fft, win_length=self.win_length,
+            hop_length=self.hop_length, n_mels=n_mels, norm="slaney", mel_scale="slaney")
+        self.to_db = torchaudio.transforms.AmplitudeToDB("power", top_db=top_db)
+        self.hidden_sizes = [n_mels]
+
+    def features(self, wavs):
+        # top_db clipping is per utterance only when each row is its own "batch": keep it
+        # per row by treating the batch dim as channels of independent spectrograms.
+        return self.to_db(self.mel(wavs).unsqueeze(1)).squeeze(1).transpose(1, 2)
+
+
+@UPSTREAMS.register("mfcc")
+class Mfcc(SpectralUpstream):
+    """MFCCs (torchaudio MFCC over an HTK mel filterbank), 40 coefficients."""
+
+    def __init__(self, n_mfcc: int = 40, n_mels: int = 80, n_fft: int = 512,
+                 sample_rate: int = 16000, win_ms: float = 25.0, hop_ms: float = 10.0):
+        super().__init__(sample_rate, win_ms, hop_ms)
+        self.mfcc = torchaudio.transforms.MFCC(
+            self.sample_rate, n_mfcc=n_mfcc, log_mels=True,
+            melkwargs=dict(n_fft=n_fft, win_length=self.win_length,
+                           hop_length=self.hop_length, n_mels=n_mels, mel_scale="htk"))
+        self.hidden_sizes = [n_mfcc]
+
+    def features(self, wavs):
+        return self.mfcc(wavs).transpose(1, 2)
+
+
+def masked_mean(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """Mean over the valid frames: x (B, T, D), lens (B,) → (B, D). Zero-length safe."""
+    mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lens[:, None]).to(x.dtype)
+    total = (x * mask.unsqueeze(-1)).sum(1)
+    return total / mask.sum(1, keepdim=True).clamp(min=1.0)

@@ -1,0 +1,428 @@
+"""Problem: a recipe run as five numbered stages, every piece made by a ``build_*`` method.
+
+Each ``build_*`` method takes the config section of the same name as its first argument, plus
+what the stage hands it. Change a piece by overriding the section (YAML or a dotlist such as
+``build_optimizer.conf.lr=1e-3``) or by overriding the method in a subclass. A problem family
+(classification, speaker verification) supplies ``build_encoder``, ``build_task`` and
+``report``; a recipe supplies ``prepare_data`` and its YAML.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from framework import config as cfglib
+from framework import workspace
+from framework.audio.dataset import AudioDataset, collate_padded, read_manifest
+from framework.audio.io import screen_manifest
+from framework.audio.samplers import BATCH_SAMPLERS
+from framework.checkpoint import CheckpointDir, load_checkpoint
+from framework.errors import ConfigError, UserError
+from framework.models.downstream import DOWNSTREAMS
+from framework.models.featurizer import Featurizer
+from framework.models.model import UpstreamDownstreamModel
+from framework.models.upstream import UPSTREAMS
+from framework.registry import check_kwargs
+from framework.stages import STAGES, StageBook, StageResult, stage_index
+from framework.trainer import Trainer, TrainConfig, seed_everything, to_device
+
+log = logging.getLogger("framework.problem")
+
+MODEL_SECTIONS = ("build_dataset", "build_batch_sampler", "build_collate_fn", "build_upstream",
+                  "build_featurizer", "build_downstream", "build_model", "build_task",
+                  "build_optimizer", "build_scheduler", "train")
+RUN_KEYS = ("target_dir", "cache_dir", "start", "stop", "force", "num_workers", "eval_batch",
+            "device", "world_size", "rank", "test_ckpt_dir", "test_ckpt_steps")
+
+
+class Problem:
+    """Base class of every problem. Subclasses set ``config_file`` (layered over parents')."""
+
+    config_file: str | None = None
+    #: config sections (and run keys) whose values decide each stage's result
+    stage_sections = {
+        "prepare_data": ("prepare_data",),
+        "build_encoder": ("build_encoder",),
+        "train": MODEL_SECTIONS + ("eval_batch",),
+        "evaluate": ("evaluate", "test_ckpt_dir", "test_ckpt_steps", "eval_batch"),
+        "report": ("report",),
+    }
+
+    # -- config ---------------------------------------------------------------------------------
+    @classmethod
+    def problem_name(cls) -> str:
+        """The name stored in target_dir and checkpoints: ``module:Class``."""
+        return f"{cls.__module__}:{cls.__qualname__}"
+
+    @classmethod
+    def config_files(cls) -> list[Path]:
+        files = []
+        for klass in reversed(cls.__mro__):
+            name = klass.__dict__.get("config_file")
+            if name:
+                near = Path(inspect.getfile(klass))
+                files.append(cfglib.resolve_config_file(name, near))
+        if not files:
+            raise ConfigError(f"{cls.__name__} names no config_file")
+        return files
+
+    @classmethod
+    def default_config(cls) -> DictConfig:
+        return OmegaConf.merge(*(OmegaConf.load(f) for f in cls.config_files()))
+
+    @classmethod
+    def config_comments(cls) -> dict[str, str]:
+        comments = {}
+        for path in cls.config_files():
+            comments.update(cfglib.yaml_comments(path.read_text()))
+        return comments
+
+    @classmethod
+    def compose_config(cls, config_files=(), dotlist=(), overrides: dict | None = None):
+        """defaults < each ``--config`` file < dotlist < ``overrides`` (Python keywords)."""
+        cfg = cls.default_config()
+        for path in config_files:
+            cfg = cfglib.merge_layer(cfg, cfglib.load_yaml(path), f"--config {path}")
+        cfg = cfglib.merge_layer(cfg, cfglib.parse_dotlist(dotlist), "command line")
+        cfg = cfglib.merge_layer(cfg, overrides or {}, "run() arguments")
+        cfglib.check_complete(cfg, cls.config_comments())
+        return cfg
+
+    def check_builders(self, cfg: DictConfig) -> None:
+        """Fail before stage 0 on a wrong name or argument for any named building block."""
+        downstream_given = dict.fromkeys(("input_size", "output_size", "input_stride"))
+        for section, registry, given in (("build_upstream", UPSTREAMS, None),
+                                         ("build_downstream", DOWNSTREAMS, downstream_given)):
+            conf = cfg[section]
+            check_kwargs(registry.get(conf.name, f"{section}.name"), conf.conf,
+                         f"{section}.conf", given)
+        for section, module in (("build_optimizer", torch.optim),
+                                ("build_scheduler", torch.optim.lr_scheduler)):
+            conf = cfg[section]
+            cls = getattr(module, conf.name, None)
+            if not inspect.isclass(cls):
+                raise ConfigError(f"{section}.name: '{conf.name}' is not a class in "
+                                  f"{module.__name__}")
+            check_kwargs(cls, conf.conf, f"{section}.conf")
+
+    # -- run ------------------------------------------------------------------------------------
+    def run(self, config_files=(), dotlist=(), **overrides) -> dict:
+        """Run stages ``start``..``stop``. Keywords are run keys or whole sections, e.g.
+        ``run(target_dir="exp/kws", stop="train", train={"total_steps": 100})``.
+        Returns the stage records of target_dir."""
+        overrides = {k: v for k, v in overrides.items() if v is not None or k in ("stop",)}
+        cfg = self.compose_config(config_files, dotlist, overrides)
+        self.check_builders(cfg)
+        self.cfg = cfg
+        self.target_dir = Path(cfg.target_dir).resolve()
+        workspace.claim(self.target_dir, self.problem_name())
+        workspace.setup_logging(self.target_dir)
+        workspace.record_invocation(self.target_dir, cfg)
+        self.book = StageBook(self.target_dir)
+        self.device = pick_device(cfg.device)
+        start, stop = stage_index(cfg.start, 0), stage_index(cfg.stop, len(STAGES) - 1)
+        for index in range(start, stop + 1):
+            self.run_stage(STAGES[index])
+        return {name: self.book.read(name) for name in STAGES}
+
+    def run_stage(self, name: str) -> None:
+        index = STAGES.index(name)
+        sections = {key: cfglib.to_plain(self.cfg[key]) if isinstance(self.cfg[key], DictConfig)
+                    else self.cfg[key] for key in self.stage_sections[name]}
+        if not self.cfg.force and self.book.is_current(name, sections):
+            log.info("stage %d %s: up to date, skipped (force=true reruns it)", index, name)
+            return
+        log.info("stage %d %s: running", index, name)
+        result = getattr(self, f"stage_{name}")(self.cfg)
+        self.book.write(name, sections, result)
+        stale = self.book.stale_after(name)
+        log.info("stage %d %s: done%s", index, name,
+                 f"; now stale: {', '.join(stale)}" if stale else "")
+
+    def artifact(self, stage: str, key: str) -> Path:
+        return self.book.resolve(self.book.require(stage)["outputs"][key])
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.cfg.cache_dir) if self.cfg.cache_dir else self.target_dir / "cache"
+
+    # -- stage 0 and 1 ----------------------------------------------------------------------------
+    def stage_prepare_data(self, cfg) -> StageResult:
+        data_dir = self.target_dir / "data"
+        data_dir.mkdir(exist_ok=True)
+        excluded = data_dir / "excluded.csv"
+        excluded.unlink(missing_ok=True)
+        manifests = self.prepare_data(cfglib.to_plain(cfg.prepare_data), data_dir,
+                                      self.cache_dir, get_path_only=False)
+        for split, csv in manifests.items():
+            result = screen_manifest(csv, excluded, num_workers=max(1, cfg.num_workers),
+                                     desc=f"check {split} audio")
+            log.info("%s: %d files kept, %d excluded", split, result.kept, result.excluded)
+            if result.excluded:
+                log.warning("%d unusable audio files are listed with reasons in %s",
+                            result.excluded, excluded)
+        outputs = {f"{split}_csv": str(Path(csv).resolve()) for split, csv in manifests.items()}
+        return StageResult(outputs=outputs)
+
+    def prepare_data(self, prepare_data: dict, target_dir: Path, cache_dir: Path,
+                     get_path_only: bool = False) -> dict[str, Path]:
+        """Parse the corpus into manifests; return {"train": csv, "valid": csv, "test": csv,
+        ...} (every split but train and valid is a test set)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement prepare_data")
+
+    def stage_build_encoder(self, cfg) -> StageResult:
+        csvs = self.manifests()
+        path = self.build_encoder(cfglib.to_plain(cfg.build_encoder), self.target_dir,
+                                  self.cache_dir, csvs["train"], csvs["valid"],
+                                  {k: v for k, v in csvs.items() if k not in ("train", "valid")})
+        return StageResult(outputs={"encoder": str(Path(path).resolve())})
+
+    def manifests(self) -> dict[str, Path]:
+        outputs = self.book.require("prepare_data")["outputs"]
+        return {k[: -len("_csv")]: Path(v) for k, v in outputs.items() if k.endswith("_csv")}
+
+    # -- model pieces -----------------------------------------------------------------------------
+    def build_upstream(self, build_upstream: dict):
+        return UPSTREAMS.build(build_upstream["name"], build_upstream.get("conf"),
+                               "build_upstream.conf")
+
+    def build_featurizer(self, build_featurizer: dict, upstream):
+        return Featurizer(upstream, **build_featurizer)
+
+    def build_downstream(self, build_downstream: dict, downstream_input_size: int,
+                         downstream_output_size: int, downstream_input_stride: int):
+        return DOWNSTREAMS.build(build_downstream["name"], build_downstream.get("conf"),
+                                 "build_downstream.conf", input_size=downstream_input_size,
+                                 output_size=downstream_output_size,
+                                 input_stride=downstream_input_stride)
+
+    def build_model(self, build_model: dict, model_output_size: int, build_upstream: dict,
+                    build_featurizer: dict, build_downstream: dict):
+        upstream = self.build_upstream(build_upstream)
+        featurizer = self.build_featurizer(build_featurizer, upstream)
+        downstream = self.build_downstream(build_downstream, featurizer.output_size,
+                                           model_output_size, featurizer.downsample_rate)
+        return UpstreamDownstreamModel(upstream, featurizer, downstream, **build_model)
+
+    def build_optimizer(self, build_optimizer: dict, parameters):
+        return getattr(torch.optim, build_optimizer["name"])(parameters,
+                                                             **build_optimizer.get("conf", {}))
+
+    def build_scheduler(self, build_scheduler: dict, optimizer):
+        cls = getattr(torch.optim.lr_scheduler, build_scheduler["name"])
+        return cls(optimizer, **build_scheduler.get("conf", {}))
+
+    # -- data pieces ------------------------------------------------------------------------------
+    def build_dataset(self, build_dataset: dict, target_dir: Path, cache_dir: Path, mode: str,
+                      data_csv: Path, encoder_path: Path):
+        raise NotImplementedError
+
+    def build_batch_sampler(self, build_batch_sampler: dict, target_dir: Path, cache_dir: Path,
+                            mode: str, data_csv: Path, dataset):
+        conf = dict(build_batch_sampler[mode])
+        name = conf.pop("name", "fixed" if mode != "train" else "fixed")
+        common = {"seed": self.cfg.train.seed, "world_size": self.cfg.world_size,
+                  "rank": self.cfg.rank}
+        if name == "balanced":
+            return BATCH_SAMPLERS.build(name, conf, f"build_batch_sampler.{mode}",
+                                        labels=dataset.labels, **common)
+        conf.setdefault("shuffle", mode == "train")
+        return BATCH_SAMPLERS.build(name, conf, f"build_batch_sampler.{mode}",
+                                    num_items=len(dataset), **common)
+
+    def build_collate_fn(self, build_collate_fn: dict, mode: str):
+        return collate_padded
+
+    def build_loader(self, cfg, mode: str, data_csv: Path) -> DataLoader:
+        """Dataset + batch sampler + collate for one manifest, from the sections in ``cfg``."""
+        dataset = self.build_dataset(cfglib.to_plain(cfg.build_dataset), self.target_dir,
+                                     self.cache_dir, mode, data_csv, self.artifact(
+                                         "build_encoder", "encoder"))
+        sampler = self.build_batch_sampler(cfglib.to_plain(cfg.build_batch_sampler),
+                                           self.target_dir, self.cache_dir, mode, data_csv,
+                                           dataset)
+        collate = self.build_collate_fn(cfglib.to_plain(cfg.build_collate_fn), mode)
+        workers = self.cfg.num_workers
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                          num_workers=workers, prefetch_factor=4 if workers else None)
+
+    # -- stage 2: train ---------------------------------------------------------------------------
+    def build_model_and_task(self, cfg):
+        encoder = self.load_encoder(self.artifact("build_encoder", "encoder"))
+        model = self.build_model(cfglib.to_plain(cfg.build_model), self.model_output_size(
+            encoder), cfglib.to_plain(cfg.build_upstream), cfglib.to_plain(
+            cfg.build_featurizer), cfglib.to_plain(cfg.build_downstream))
+        return self.build_task(cfglib.to_plain(cfg.build_task), model, encoder).to(self.device)
+
+    def stage_train(self, cfg) -> StageResult:
+        train_dir = self.target_dir / "train"
+        ckpts = CheckpointDir(train_dir / "checkpoints", cfg.train.keep_num_ckpts)
+        fingerprint = self.book.fingerprint("train", {k: cfglib.to_plain(cfg[k]) if isinstance(
+            cfg[k], DictConfig) else cfg[k] for k in self.stage_sections["train"]}, [])
+        set_aside_foreign_run(train_dir, fingerprint)
+        cfglib.save_yaml(cfg, train_dir / "config.yaml")
+        (train_dir / "fingerprint").write_text(fingerprint)
+        seed_everything(cfg.train.seed)
+        task = self.build_model_and_task(cfg)
+        params = [p for p in task.parameters() if p.requires_grad]
+        optimizer = self.build_optimizer(cfglib.to_plain(cfg.build_optimizer), params)
+        scheduler = self.build_scheduler(cfglib.to_plain(cfg.build_scheduler), optimizer)
+        csvs = self.manifests()
+        train_loader = self.build_loader(cfg, "train", csvs["train"])
+        valid_loader = self.build_loader(cfg, "valid", csvs["valid"])
+        trainer = Trainer(TrainConfig(**cfglib.to_plain(cfg.train)), task, optimizer, scheduler,
+                          train_loader, lambda: self.evaluate_loader(task, valid_loader)[0],
+                          ckpts, self.device, self.checkpoint_meta(cfg), make_writer(train_dir))
+        progress = trainer.fit()
+        (train_dir / "history.json").write_text(json.dumps(progress.history, indent=1))
+        return StageResult(outputs={"config": str(train_dir / "config.yaml"),
+                                    "checkpoints": str(ckpts.folder),
+                                    "valid_best": str(ckpts.best_path)})
+
+    def checkpoint_meta(self, cfg) -> dict:
+        return {"problem": self.problem_name(), "config": cfglib.to_plain(cfg)}
+
+    # -- stage 3: evaluate ------------------------------------------------------------------------
+    def evaluate_loader(self, task, loader) -> tuple[dict, object]:
+        """Run ``task.eval_step`` over ``loader`` (at most ``eval_batch`` batches)."""
+        return self.evaluate(cfglib.to_plain(self.cfg.evaluate), task, loader,
+                             self.cfg.eval_batch, self.device)
+
+    def evaluate(self, evaluate: dict, task, loader, eval_batch: int, device):
+        """→ (metrics, per-item table) from ``task.summarize`` over the batches."""
+        from tqdm import tqdm
+
+        task.eval()
+        outputs: dict[str, list] = {}
+        total = len(loader) if eval_batch < 0 else min(eval_batch, len(loader))
+        for index, batch in enumerate(tqdm(loader, total=total, desc="evaluate", leave=False,
+                                           mininterval=1.0)):
+            if index == total:
+                break
+            for key, value in task.eval_step(to_device(batch, device)).items():
+                outputs.setdefault(key, []).append(value)
+        return task.summarize({k: concat(v) for k, v in outputs.items()})
+
+    def chosen_checkpoints(self, cfg) -> dict[str, Path]:
+        """name → checkpoint file: test_ckpt_dir, else test_ckpt_steps, else valid_best."""
+        if cfg.test_ckpt_dir:
+            return {Path(cfg.test_ckpt_dir).stem: Path(cfg.test_ckpt_dir)}
+        ckpts = CheckpointDir(self.artifact("train", "checkpoints"))
+        if not cfg.test_ckpt_steps:
+            return {"valid_best": ckpts.best_path}
+        available = ckpts.steps()
+        missing = [s for s in cfg.test_ckpt_steps if s not in available]
+        if missing:
+            raise UserError(f"test_ckpt_steps: no checkpoint for steps {missing}; "
+                            f"available: {available}")
+        return {f"step-{s}": ckpts.step_path(s) for s in cfg.test_ckpt_steps}
+
+    def trained_config(self) -> DictConfig:
+        """The config the checkpoints were trained with (not today's command line)."""
+        trained = OmegaConf.load(self.artifact("train", "config"))
+        for section in MODEL_SECTIONS:
+            if cfglib.to_plain(trained[section]) != cfglib.to_plain(self.cfg[section]):
+                log.warning("%s differs from the trained model's; using the trained one "
+                            "(%s)", section, self.artifact("train", "config"))
+        return trained
+
+    def stage_evaluate(self, cfg) -> StageResult:
+        trained = self.trained_config()
+        task = self.build_model_and_task(trained)
+        csvs, results = self.manifests(), []
+        for name, path in self.chosen_checkpoints(cfg).items():
+            state = load_checkpoint(path, self.problem_name())
+            task.load_trainable_state_dict(state["task"])
+            for split in cfg.evaluate.splits:
+                if split not in csvs:
+                    raise ConfigError(f"evaluate.splits: no '{split}' manifest; have "
+                                      f"{', '.join(csvs)}")
+                loader = self.build_loader(trained, "test", csvs[split])
+                results.append(self.save_evaluation(task, loader, name, split, state))
+        out = self.target_dir / "evaluate" / "results.json"
+        out.write_text(json.dumps(results, indent=1, default=str))
+        return StageResult(outputs={"results": str(out)})
+
+    def save_evaluation(self, task, loader, ckpt_name: str, split: str, state: dict) -> dict:
+        folder = self.target_dir / "evaluate" / ckpt_name / split
+        folder.mkdir(parents=True, exist_ok=True)
+        metrics, table = self.evaluate_loader(task, loader)
+        if table is not None:
+            table.to_csv(folder / "predictions.csv", index=False)
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
+        step = state["progress"]["step"]
+        log.info("%s (step %d) on %s: %s", ckpt_name, step, split, headline(metrics))
+        return {"checkpoint": ckpt_name, "split": split, "step": step,
+                "predictions_csv": str(folder / "predictions.csv"),
+                "metrics_json": str(folder / "metrics.json"), "metrics": metrics}
+
+    # -- stage 4: report --------------------------------------------------------------------------
+    def stage_report(self, cfg) -> StageResult:
+        results = json.loads(self.artifact("evaluate", "results").read_text())
+        report_dir = self.target_dir / "report"
+        report_dir.mkdir(exist_ok=True)
+        paths = self.report(cfglib.to_plain(cfg.report), results, report_dir)
+        log.info("report: %s", paths["report_md"])
+        print(f"Report: {paths['report_md']}", file=sys.stderr)
+        return StageResult(outputs={k: str(v) for k, v in paths.items()})
+
+    # -- family hooks -----------------------------------------------------------------------------
+    def build_encoder(self, build_encoder, target_dir, cache_dir, train_csv, valid_csv,
+                      test_csvs):
+        raise NotImplementedError
+
+    def load_encoder(self, path: Path):
+        raise NotImplementedError
+
+    def model_output_size(self, encoder) -> int:
+        raise NotImplementedError
+
+    def build_task(self, build_task: dict, model, encoder):
+        raise NotImplementedError
+
+    def report(self, report: dict, results: list[dict], report_dir: Path) -> dict:
+        raise NotImplementedError
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available; use device=cpu or auto")
+    return torch.device(name)
+
+
+def set_aside_foreign_run(train_dir: Path, fingerprint: str) -> None:
+    """Checkpoints of a differently configured run are moved aside, never resumed or lost."""
+    marker = train_dir / "fingerprint"
+    if marker.is_file() and marker.read_text() != fingerprint:
+        old = train_dir.with_name(f"train.previous-{marker.read_text()[:8]}")
+        train_dir.rename(old)
+        log.warning("training config changed: the previous run was moved to %s", old)
+    train_dir.mkdir(parents=True, exist_ok=True)
+
+
+def make_writer(folder: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(folder / "tensorboard"))
+
+
+def concat(parts: list):
+    import numpy as np
+
+    if isinstance(parts[0], list):
+        return [x for part in parts for x in part]
+    return np.concatenate(parts)
+
+
+def headline(metrics: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                     if isinstance(v, float))[:200]

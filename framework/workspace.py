@@ -1,0 +1,72 @@
+"""A target_dir: who owns it, its log, and a record of every invocation."""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import logging
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+from framework.config import save_yaml
+from framework.errors import UserError
+
+PACKAGES = ("speech-recipes", "torch", "torchaudio", "numpy", "omegaconf", "pandas",
+            "scikit-learn", "soundfile", "tqdm", "matplotlib", "tensorboard")
+LOG_FORMAT = "%(asctime)s %(levelname).1s %(message)s"
+
+
+def claim(target_dir: Path, problem: str) -> None:
+    """Mark target_dir as ``problem``'s; refuse a folder made by another problem."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    owner_file = target_dir / "problem.json"
+    if owner_file.is_file():
+        owner = json.loads(owner_file.read_text()).get("problem")
+        if owner != problem:
+            raise UserError(f"target_dir {target_dir} was made by problem '{owner}', not "
+                            f"'{problem}'; choose another target_dir")
+        return
+    owner_file.write_text(json.dumps({"problem": problem}) + "\n")
+
+
+def record_invocation(target_dir: Path, config) -> Path:
+    """Save the resolved config, the command line and package versions under runs/<time>/."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    folder = target_dir / "runs" / stamp
+    folder.mkdir(parents=True)
+    save_yaml(config, folder / "config.yaml")
+    save_yaml(config, target_dir / "config.yaml")
+    (folder / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
+    (folder / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
+    return folder
+
+
+def environment() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(),
+            "packages": versions}
+
+
+def setup_logging(target_dir: Path | None, verbose: bool = True) -> None:
+    """Concise console log plus ``<target_dir>/log.txt``; replaces handlers of earlier runs."""
+    logger = logging.getLogger("framework")
+    logger.setLevel(logging.INFO)
+    for handler in list(logger.handlers):
+        if getattr(handler, "_framework", False):
+            logger.removeHandler(handler)
+            handler.close()
+    handlers = [logging.StreamHandler(sys.stderr)] if verbose else []
+    if target_dir is not None:
+        handlers.append(logging.FileHandler(target_dir / "log.txt"))
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
+        handler._framework = True
+        logger.addHandler(handler)
+    logger.propagate = False
