@@ -22,6 +22,7 @@ import io
 import itertools
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -229,18 +230,36 @@ def _clip_lengths(rng: np.random.Generator, count: int) -> np.ndarray:
 
 def _write_clips(rng: np.random.Generator, plan: list[tuple[Path, str, int]],
                  speakers: Speakers) -> None:
-    """Render and write ``plan`` = [(wav path, word, speaker index)] in batches."""
+    """Render and write ``plan`` = [(wav path, word, speaker index)] in batches.
+
+    Creating files is slow on many file systems and releases the GIL, so a few threads write
+    one batch while the next is rendered (at most two batches in memory).
+    """
     signatures = word_signatures()
-    for first in range(0, len(plan), _BATCH):
-        batch = plan[first:first + _BATCH]
-        who = np.array([speaker for _, _, speaker in batch])
-        scale = speakers.scale[who] * rng.uniform(0.99, 1.01, who.size)  # within-speaker jitter
-        formants = np.stack([signatures[word][0] for _, word, _ in batch]) * scale[:, None]
-        amps = np.stack([signatures[word][1] for _, word, _ in batch])
-        gain_db = speakers.gain_db[who] + rng.uniform(-3, 3, who.size)
-        clips = render_words(rng, formants, amps, speakers.f0[who] * scale, gain_db)
-        for (path, _, _), clip, length in zip(batch, clips, _clip_lengths(rng, who.size)):
-            write_wav(path, clip[:length])
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        pending = []
+        for first in range(0, len(plan), _BATCH):
+            batch = plan[first:first + _BATCH]
+            clips = _render_batch(rng, [(word, who) for _, word, who in batch], speakers,
+                                  signatures)
+            for job in pending:
+                job.result()  # re-raises a failed write
+            pending = [pool.submit(write_wav, path, clip) for (path, _, _), clip
+                       in zip(batch, clips)]
+        for job in pending:
+            job.result()
+
+
+def _render_batch(rng: np.random.Generator, items: list[tuple[str, int]], speakers: Speakers,
+                  signatures) -> list[np.ndarray]:
+    """Clips for [(word, speaker index)], each cut to its own length."""
+    who = np.array([speaker for _, speaker in items])
+    scale = speakers.scale[who] * rng.uniform(0.99, 1.01, who.size)  # within-speaker jitter
+    formants = np.stack([signatures[word][0] for word, _ in items]) * scale[:, None]
+    amps = np.stack([signatures[word][1] for word, _ in items])
+    gain_db = speakers.gain_db[who] + rng.uniform(-3, 3, who.size)
+    clips = render_words(rng, formants, amps, speakers.f0[who] * scale, gain_db)
+    return [clip[:length] for clip, length in zip(clips, _clip_lengths(rng, who.size))]
 
 
 def _write_noise_folder(rng: np.random.Generator, folder: Path, seconds: float) -> None:

@@ -101,6 +101,13 @@ class StageBook:
     def outputs_exist(self, record: dict) -> bool:
         return all(self.resolve(p).exists() for p in record.get("outputs", {}).values())
 
+    def relative(self, path: str) -> str:
+        """Paths inside target_dir are recorded relative to it, so the folder can move."""
+        try:
+            return str(Path(path).resolve().relative_to(self.target_dir.resolve()))
+        except ValueError:
+            return str(path)
+
     def resolve(self, path: str) -> Path:
         return Path(path) if os.path.isabs(path) else self.target_dir / path
 
@@ -111,7 +118,7 @@ class StageBook:
             "fingerprint": self.fingerprint(stage, sections, result.inputs),
             "after": {previous: (self.read(previous) or {}).get("fingerprint")} if previous else {},
             "inputs": {p: file_digest(p) for p in sorted(result.inputs)},
-            "outputs": result.outputs,
+            "outputs": {k: self.relative(v) for k, v in result.outputs.items()},
             "sections": sections,
             "finished": datetime.datetime.now().isoformat(timespec="seconds"),
         }

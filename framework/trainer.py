@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from framework.checkpoint import FORMAT, CheckpointDir, load_checkpoint
+from framework.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class Trainer:
         self.resume()
         bar = tqdm(total=self.conf.total_steps, initial=self.progress.step, desc="train",
                    dynamic_ncols=True, mininterval=1.0)
-        losses, started = [], time.time()
+        losses, started = [], [time.time()]
         while self.progress.step < self.conf.total_steps:
             for batches in self.step_groups():
                 losses.append(self.optimizer_step(batches))
@@ -94,13 +95,17 @@ class Trainer:
         sampler.set_epoch(self.progress.epoch, self.progress.batch_in_epoch)
         if hasattr(self.loader.dataset, "set_epoch"):
             self.loader.dataset.set_epoch(self.progress.epoch)
-        group = []
+        group, yielded = [], False
         for batch in self.loader:
             group.append(batch)
             if len(group) == self.conf.gradient_accumulate:
                 self.progress.batch_in_epoch += len(group)
+                yielded = True
                 yield group
                 group = []
+        if not yielded and self.progress.batch_in_epoch == 0:
+            raise UserError("the training set yields no full step (fewer batches than "
+                            "train.gradient_accumulate?); check the train manifest")
 
     def optimizer_step(self, batches: list[dict]) -> float:
         self.task.train()
@@ -120,14 +125,15 @@ class Trainer:
         self.progress.step += 1
         return total
 
-    def after_step(self, losses: list[float], started: float) -> None:
+    def after_step(self, losses: list[float], started: list[float]) -> None:
         step, conf = self.progress.step, self.conf
         if step % conf.log_step == 0:
             mean = sum(losses) / len(losses)
             log.info("step %d  loss %.4f  lr %.3g  %.1f steps/s", step, mean,
-                     self.optimizer.param_groups[0]["lr"], len(losses) / (time.time() - started))
+                     self.optimizer.param_groups[0]["lr"], len(losses) / (time.time() - started[0]))
             self.scalar("train/loss", mean)
             losses.clear()
+            started[0] = time.time()
         if step % conf.eval_step == 0 or step == conf.total_steps:
             self.run_validation()
         if step % conf.save_step == 0:
