@@ -84,6 +84,15 @@ def prepare_speech_commands(target_dir, dataset_root, test_root=None, classes="s
     ``ceil(valid_silence_fraction * cuts)`` cuts of each noise file go to valid (a file
     always keeps at least one cut for train). Returns ``{"train": path, "valid": path,
     "test": path}``. Raises :class:`CorpusError` naming the config key to fix.
+
+    >>> import shutil, tempfile
+    >>> from corpora.synthesize import synthesize_speech_commands
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> roots = synthesize_speech_commands(tmp / "corpus", speakers=3)
+    >>> paths = prepare_speech_commands(tmp / "kws", roots["v0.01"], roots["test_v0.01"])
+    >>> paths["train"].read_text().splitlines()[0]
+    'id,wav_path,start,end,label,speaker,utterance'
+    >>> shutil.rmtree(tmp)
     """
     _check_options(classes, silence_secs, valid_silence_fraction)
     root = _corpus_root(dataset_root, classes)

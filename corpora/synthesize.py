@@ -325,6 +325,14 @@ def synthesize_speech_commands(out_dir, speakers=40, seed=0, version="v0.01", no
     writes ``speech_commands_v0.02`` (key ``"v0.02"``), ``"both"`` all three. Every speaker
     says every word ``utterances_per_word`` times; the test set has ``max(2, speakers // 4)``
     other speakers. Each root's content depends only on ``seed``, not on ``version``.
+
+    >>> import shutil, tempfile
+    >>> tmp = tempfile.mkdtemp()
+    >>> roots = synthesize_speech_commands(tmp, speakers=3, version="both")
+    >>> {name: root.name for name, root in roots.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'v0.01': 'speech_commands_v0.01', 'test_v0.01': 'speech_commands_test_set_v0.01',
+     'v0.02': 'speech_commands_v0.02'}
+    >>> shutil.rmtree(tmp)
     """
     if version not in ("v0.01", "v0.02", "both"):
         raise ValueError(f"version={version!r}; choose one of: v0.01, v0.02, both")

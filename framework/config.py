@@ -20,6 +20,7 @@ from framework.registry import closest
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 OPEN_KEYS = {"conf"}
+STAGE_KEYS = {"start", "stop"}  # a number or a name; checked by framework.stages.stage_index
 
 
 def resolve_config_file(name: str | Path, near: Path | None = None) -> Path:
@@ -71,7 +72,7 @@ def check_layer(base: DictConfig, layer: DictConfig, prefix: str, origin: str) -
             raise ConfigError(f"{origin}: unknown key '{path}'{closest(str(key), base.keys())} "
                               f"Valid keys{' under ' + prefix[:-1] if prefix else ''}: "
                               f"{', '.join(map(str, base.keys()))}.")
-        if str(key) in OPEN_KEYS:
+        if str(key) in OPEN_KEYS or path in STAGE_KEYS:
             continue
         default = OmegaConf.to_container(base, resolve=False)[key]
         value = OmegaConf.to_container(layer, resolve=False)[key]

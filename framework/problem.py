@@ -128,6 +128,8 @@ class Problem:
         self.book = StageBook(self.target_dir)
         self.device = pick_device(cfg.device)
         start, stop = stage_index(cfg.start, 0), stage_index(cfg.stop, len(STAGES) - 1)
+        for index in range(start):
+            self.book.require(STAGES[index])  # earlier stages must exist and chain together
         for index in range(start, stop + 1):
             self.run_stage(STAGES[index])
         return {name: self.book.read(name) for name in STAGES}
@@ -186,7 +188,8 @@ class Problem:
 
     def manifests(self) -> dict[str, Path]:
         outputs = self.book.require("prepare_data")["outputs"]
-        return {k[: -len("_csv")]: Path(v) for k, v in outputs.items() if k.endswith("_csv")}
+        return {k[: -len("_csv")]: self.book.resolve(v) for k, v in outputs.items()
+                if k.endswith("_csv")}
 
     # -- model pieces -----------------------------------------------------------------------------
     def build_upstream(self, build_upstream: dict):

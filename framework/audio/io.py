@@ -40,6 +40,7 @@ import stat
 import struct
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -57,6 +58,11 @@ __all__ = ["AudioInfo", "ScreenResult", "inspect_audio", "read_audio", "screen_m
 # A segment may end this far past the file's end (timestamps rounded to 10 ms are common);
 # the read is then clamped to the file's end. Anything further is a manifest error.
 END_TOLERANCE_S = 0.01
+
+# Sample periods (of the lower rate) that torchaudio's default sinc kernel reaches on each
+# side (lowpass_filter_width 6 / rolloff 0.99, rounded up): a cropped read takes this much
+# extra audio so the crop resamples as it would inside the whole file.
+RESAMPLE_CONTEXT = 7
 
 # Every bit pattern of integer PCM is a valid sample, so decoding such a WAV can reveal
 # nothing its header check has not; screening skips the decode for these subtypes.
@@ -106,10 +112,11 @@ class _RiffData(NamedTuple):
 # --------------------------------------------------------------------------- opening
 
 
-def _open(path) -> sf.SoundFile:
-    """Open ``path`` for reading; unreadable or non-audio files raise AudioError."""
+def _open(path, fd: Optional[int] = None) -> sf.SoundFile:
+    """Open ``path`` (or the descriptor ``fd`` already open on it, which the returned file
+    leaves open); unreadable or non-audio files raise AudioError."""
     try:
-        return sf.SoundFile(path)
+        return sf.SoundFile(path if fd is None else fd, closefd=False)
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
         if not os.path.exists(path):
             raise AudioError(path, "file not found") from None
@@ -122,39 +129,53 @@ def _sf_message(err: Exception) -> str:
     return message.removeprefix("Error : ").strip()
 
 
-def _riff_data(path) -> Optional[_RiffData]:
-    """Sizes of a RIFF/RIFX WAV's ``data`` chunk, or None for any other kind of file.
+@contextmanager
+def _open_with_riff(path):
+    """Open ``path`` once, yielding ``(SoundFile, _RiffData or None)``.
 
-    Reads only the chunk headers (a few dozen bytes), seeking past chunk bodies.
+    One descriptor serves both the header walk and libsndfile: screening is dominated by
+    per-file opening costs, not by reading.
     """
     try:
-        with open(path, "rb") as fh:
-            return _walk_riff_chunks(fh, os.fstat(fh.fileno()).st_size)
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         raise AudioError(path, "file not found") from None
     except OSError as err:
         raise AudioError(path, f"cannot open: {err.strerror or err}") from None
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise AudioError(path, "not a regular file")
+        riff = _riff_data(fd, status.st_size)
+        with _open(path, fd) as f:
+            yield f, riff
+    finally:
+        os.close(fd)
 
 
-def _walk_riff_chunks(fh, file_size: int) -> Optional[_RiffData]:
-    """Walk the chunks of an open WAV up to ``data``; see :func:`_riff_data`."""
-    head = fh.read(12)
+def _riff_data(fd: int, file_size: int) -> Optional[_RiffData]:
+    """Sizes of a RIFF/RIFX WAV's ``data`` chunk, or None for any other kind of file.
+
+    Reads only chunk headers (a few dozen bytes, with ``pread`` so libsndfile later starts
+    from offset 0), hopping over chunk bodies.
+    """
+    head = os.pread(fd, 12, 0)
     if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
         return None
     endian = "<" if head[:4] == b"RIFF" else ">"
-    bytes_per_second = 0
+    bytes_per_second, position = 0, 12
     for _ in range(64):  # a real WAV has a handful of chunks before ``data``
-        chunk = fh.read(8)
+        chunk = os.pread(fd, 8, position)
         if len(chunk) < 8:
             return None
         kind, size = chunk[:4], struct.unpack(endian + "I", chunk[4:])[0]
+        position += 8
         if kind == b"data":
-            return _RiffData(size, file_size - fh.tell(), bytes_per_second)
+            return _RiffData(size, file_size - position, bytes_per_second)
         if kind == b"fmt ":
-            fmt = fh.read(min(size, 16))
-            bytes_per_second = struct.unpack(endian + "I", fmt[8:12])[0] if len(fmt) >= 12 else 0
-            size -= len(fmt)
-        fh.seek(size + (size & 1), os.SEEK_CUR)  # chunk bodies are padded to even length
+            fmt = os.pread(fd, 12, position)
+            bytes_per_second = struct.unpack(endian + "I", fmt[8:12])[0] if len(fmt) == 12 else 0
+        position += size + (size & 1)  # chunk bodies are padded to even length
     return None
 
 
@@ -192,11 +213,11 @@ def _segment_frames(path, f: sf.SoundFile, start: Optional[float], end: Optional
         raise AudioError(path, "empty (0 frames)")
     first = 0 if start is None else round(start * rate)
     last = frames if end is None else round(end * rate)
-    if first < 0 or last <= first:
-        raise AudioError(path, f"invalid segment: start={start} s, end={end} s")
     file_end = frames / rate
     if first >= frames:
         raise AudioError(path, f"segment starts at {start:.3f} s, beyond the file's end ({file_end:.3f} s)")
+    if first < 0 or last <= first:
+        raise AudioError(path, f"invalid segment: start={start} s, end={end} s")
     if last > frames + END_TOLERANCE_S * rate:
         raise AudioError(path, f"segment ends at {end:.3f} s, beyond the file's end ({file_end:.3f} s)")
     return first, min(last, frames)
@@ -259,41 +280,51 @@ def inspect_audio(path, start: Optional[float] = None, end: Optional[float] = No
     >>> inspect_audio(path)
     AudioInfo(ok=False, reason='NaN samples (first at 0.000 s)', duration=0.0, sample_rate=16000, channels=1)
     """
+    rate = channels = 0
     try:
-        riff = _riff_data(path)
-        f = _open(path)
-    except AudioError as err:
-        return AudioInfo(False, err.reason, 0.0, 0, 0)
-    with f:
-        try:
+        with _open_with_riff(path) as (f, riff):
+            rate, channels = f.samplerate, f.channels
             first, last = _check_open_file(path, f, riff, start, end)
-        except AudioError as err:
-            return AudioInfo(False, err.reason, 0.0, f.samplerate, f.channels)
-        return AudioInfo(True, "", (last - first) / f.samplerate, f.samplerate, f.channels)
+    except AudioError as err:
+        return AudioInfo(False, err.reason, 0.0, rate, channels)
+    return AudioInfo(True, "", (last - first) / rate, rate, channels)
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def _crop_window(path, first: int, last: int, source_rate: int, target_rate: int,
-                 offset_frames: Optional[int], max_frames: Optional[int]):
-    """Narrow source frames ``[first, last)`` to the window given in target-rate frames.
-
-    The window starts ``offset_frames`` after ``first`` and spans ``max_frames``, both
-    counted at ``target_rate`` and converted to source frames (start rounded down, length
-    rounded up so the resampled window is never short of ``max_frames`` inside the segment).
-    """
+def _check_window(offset_frames: Optional[int], max_frames: Optional[int]) -> None:
+    """Reject crop arguments that can only be a caller's bug."""
     if offset_frames is not None and offset_frames < 0:
         raise ValueError(f"offset_frames must be >= 0, got {offset_frames}")
     if max_frames is not None and max_frames <= 0:
         raise ValueError(f"max_frames must be > 0, got {max_frames}")
-    if offset_frames:
-        first += offset_frames * source_rate // target_rate
-        if first >= last:
-            raise AudioError(path, f"nothing to read: offset_frames={offset_frames} is past the segment's end")
+
+
+def _crop_window(path, first: int, last: int, source_rate: int, target_rate: int,
+                 offset_frames: Optional[int], max_frames: Optional[int]):
+    """Source frames to read for a crop of the segment ``[first, last)``.
+
+    The crop starts ``offset_frames`` (target-rate frames) after ``first`` and spans
+    ``max_frames`` target frames. Returns ``(first, last, skip)``: read source frames
+    ``[first, last)``, resample, then drop ``skip`` leading target frames. The read starts
+    on a frame where both rates' sample grids meet and, when resampling, RESAMPLE_CONTEXT
+    frames early, so the crop equals the same span of the whole segment resampled.
+    """
+    _check_window(offset_frames, max_frames)
+    offset = offset_frames or 0
+    if first + offset * source_rate / target_rate >= last:
+        raise AudioError(path, f"nothing to read: offset_frames={offset} is past the segment's end")
+    common = math.gcd(source_rate, target_rate)
+    target_step, source_step = target_rate // common, source_rate // common
+    context = 0 if source_rate == target_rate else math.ceil(
+        RESAMPLE_CONTEXT * target_rate / min(source_rate, target_rate))
+    aligned = max(0, offset - context) // target_step * target_step  # target frames
+    start = first + aligned // target_step * source_step
     if max_frames is not None:
-        last = min(last, first - (-max_frames * source_rate // target_rate))
-    return first, last
+        span = offset - aligned + max_frames + context  # target frames to cover
+        last = min(last, start + math.ceil(span * source_rate / target_rate))
+    return start, last, offset - aligned
 
 
 def _read_frames(path, f: sf.SoundFile, first: int, last: int) -> np.ndarray:
@@ -336,8 +367,8 @@ def read_audio(path, start: Optional[float] = None, end: Optional[float] = None,
     """
     with _open(path) as f:
         first, last = _segment_frames(path, f, start, end)
-        first, last = _crop_window(path, first, last, f.samplerate, sample_rate,
-                                   offset_frames, max_frames)
+        first, last, skip = _crop_window(path, first, last, f.samplerate, sample_rate,
+                                         offset_frames, max_frames)
         wave = _to_mono(_read_frames(path, f, first, last))
         source_rate, is_float = f.samplerate, f.subtype in _FLOAT_SUBTYPES
     if not bool(torch.isfinite(wave).all()):
@@ -347,7 +378,7 @@ def read_audio(path, start: Optional[float] = None, end: Optional[float] = None,
         wave = AF.resample(wave, source_rate, sample_rate)
         if not is_float:  # resampling rings slightly past full scale; keep the [-1, 1] promise
             wave = wave.clamp_(-1.0, 1.0)
-    return wave if max_frames is None else wave[:max_frames]
+    return wave[skip:] if max_frames is None else wave[skip:skip + max_frames]
 
 
 # --------------------------------------------------------------------------- screening

@@ -1,0 +1,48 @@
+"""Shared fixtures: a small synthesized Speech Commands corpus in the real layout, and a
+helper running the KWS recipe on it with settings small enough for CPU tests."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from corpora.synthesize import synthesize_speech_commands
+from recipes.kws import KWS
+
+# A few seconds per full run on 2 cores; learning still shows (the corpus is easy).
+FAST = {
+    "num_workers": 0,
+    "train": {"total_steps": 40, "eval_step": 20, "save_step": 20, "log_step": 10},
+    "build_optimizer": {"conf": {"lr": 3e-3}},
+    "build_batch_sampler": {"train": {"batch_size": 16}},
+}
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """Roots of a synthesized v0.01 corpus and its test set (8 speakers)."""
+    return synthesize_speech_commands(tmp_path_factory.mktemp("corpus"), speakers=8, seed=0)
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def corpus_overrides(corpus) -> dict:
+    return {"prepare_data": {"dataset_root": str(corpus["v0.01"]),
+                             "test_root": str(corpus["test_v0.01"])}}
+
+
+@pytest.fixture
+def run_kws(corpus):
+    """``run_kws(target_dir, problem=KWS, dotlist=(), **overrides)`` → stage records."""
+    def run(target_dir, problem=KWS, dotlist=(), **overrides):
+        settings = merge(merge(FAST, corpus_overrides(corpus)), overrides)
+        return problem().run(dotlist=list(dotlist), target_dir=str(target_dir), **settings)
+    return run

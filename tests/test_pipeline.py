@@ -1,0 +1,119 @@
+"""The KWS recipe end to end through Problem.run: stages, skipping, staleness, errors."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from framework.errors import ConfigError, UserError
+from framework.stages import STAGES
+
+
+def finished(records: dict) -> dict:
+    return {name: rec["finished"] + rec["fingerprint"] for name, rec in records.items() if rec}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, corpus):
+    """One complete run shared by the read-only tests of this module."""
+    from tests.conftest import FAST, corpus_overrides, merge
+    from recipes.kws import KWS
+
+    target = tmp_path_factory.mktemp("kws_full")
+    records = KWS().run(target_dir=str(target), **merge(FAST, corpus_overrides(corpus)))
+    return target, records
+
+
+def test_all_stages_produce_report_far_above_chance(full_run):
+    target, records = full_run
+    assert all(records[name] for name in STAGES)
+    report = json.loads((target / "report" / "report.json").read_text())
+    assert report["headline"]["checkpoint"] == "valid_best"
+    assert report["headline"]["metrics"]["accuracy"] > 0.5  # chance is 1/12
+    assert (target / "report" / "confusion_matrix.png").stat().st_size > 10_000
+    predictions = pd.read_csv(target / "evaluate" / "valid_best" / "test" / "predictions.csv")
+    assert {"id", "label", "predicted", "score_yes", "score__silence_"} <= set(predictions)
+    assert predictions.filter(like="score_").sum(axis=1).round(4).eq(1).all()
+    for saved in ("config.yaml", "runs", "log.txt", "train/config.yaml",
+                  "train/checkpoints/valid_best.pt", "data/train.csv", "encoder.json"):
+        assert (target / saved).exists(), saved
+
+
+def test_rerun_with_nothing_changed_skips_every_stage(full_run, run_kws, caplog):
+    target, records = full_run
+    again = run_kws(target)
+    assert finished(again) == finished(records)
+    assert caplog.text.count("up to date, skipped") == len(STAGES)
+
+
+def test_changed_section_reruns_its_stage_and_marks_later_stale(tmp_path, run_kws, caplog):
+    first = run_kws(tmp_path, stop="evaluate")
+    second = run_kws(tmp_path, stop="build_encoder", prepare_data={"silence_secs": 0.5})
+    assert second["prepare_data"]["fingerprint"] != first["prepare_data"]["fingerprint"]
+    assert "now stale: build_encoder, train, evaluate" in caplog.text
+    with pytest.raises(UserError, match="stale"):
+        run_kws(tmp_path, start="evaluate", prepare_data={"silence_secs": 0.5})
+
+
+def test_stages_run_alone_by_name_or_number(tmp_path, run_kws):
+    records = run_kws(tmp_path, stop=1)
+    assert records["build_encoder"] and records["train"] is None
+    records = run_kws(tmp_path, start="train", stop="train")
+    assert records["train"] and records["evaluate"] is None
+    records = run_kws(tmp_path, start=3)
+    assert records["report"]
+    with pytest.raises(ConfigError, match="unknown stage 'trian'"):
+        run_kws(tmp_path, start="trian")
+
+
+def test_later_stage_without_earlier_record_says_what_to_run(tmp_path, run_kws):
+    with pytest.raises(UserError, match=r"stage 0 prepare_data has not run.*start=prepare_data"):
+        run_kws(tmp_path, start="train")
+
+
+def test_force_reruns_an_up_to_date_stage(full_run, run_kws):
+    target, records = full_run
+    again = run_kws(target, start="report", force=True)
+    assert again["report"]["finished"] >= records["report"]["finished"]
+    assert again["report"]["fingerprint"] == records["report"]["fingerprint"]
+
+
+def test_target_dir_of_another_problem_is_refused(full_run, run_kws):
+    from recipes.kws import KWS
+
+    class OtherProblem(KWS):
+        pass
+
+    target, _ = full_run
+    with pytest.raises(UserError, match="was made by problem 'recipes.kws:KWS'"):
+        run_kws(target, problem=OtherProblem)
+
+
+def test_evaluate_uses_the_trained_config_not_todays(full_run, run_kws, caplog):
+    target, records = full_run
+    run_kws(target, start="evaluate", force=True,
+            build_downstream={"conf": {"hidden_size": 8}})
+    assert "build_downstream differs from the trained model's" in caplog.text
+    metrics = json.loads((target / "evaluate/valid_best/test/metrics.json").read_text())
+    assert metrics["accuracy"] > 0.5
+
+
+def test_test_ckpt_steps_evaluates_each_chosen_checkpoint(full_run, run_kws):
+    target, _ = full_run
+    run_kws(target, start="evaluate", test_ckpt_steps=[20, 40])
+    results = json.loads((target / "evaluate" / "results.json").read_text())
+    assert [r["checkpoint"] for r in results] == ["step-20", "step-40"]
+    with pytest.raises(UserError, match=r"no checkpoint for steps \[30\]"):
+        run_kws(target, start="evaluate", test_ckpt_steps=[30])
+
+
+def test_checkpoint_from_another_problem_is_refused(full_run, run_kws, tmp_path):
+    import torch
+
+    target, _ = full_run
+    state = torch.load(target / "train/checkpoints/valid_best.pt", weights_only=True)
+    state["problem"] = "recipes.asv:ASV"
+    torch.save(state, tmp_path / "foreign.pt")
+    with pytest.raises(UserError, match="belongs to problem 'recipes.asv:ASV'"):
+        run_kws(target, start="evaluate", test_ckpt_dir=str(tmp_path / "foreign.pt"))
