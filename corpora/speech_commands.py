@@ -96,6 +96,7 @@ def prepare_speech_commands(target_dir, dataset_root, test_root=None, classes="s
     """
     _check_options(classes, silence_secs, valid_silence_fraction)
     root = _corpus_root(dataset_root, classes)
+    test_set = _test_set_rows(test_root) if classes == "superb12" else []  # fail fast
     words = _word_folders(root, classes)
     valid, test = (_read_list(root, name, words) for name in (VALID_LIST, TEST_LIST))
     if classes == "superb12":
@@ -103,7 +104,7 @@ def prepare_speech_commands(target_dir, dataset_root, test_root=None, classes="s
         train_noise, valid_noise = _silence_rows(root, silence_secs, valid_silence_fraction)
         splits["train"] += train_noise
         splits["valid"] += valid_noise
-        splits["test"] = _test_set_rows(test_root)
+        splits["test"] = test_set
     else:
         splits = _clip_splits(root, words, valid, test, lambda word: word)
     target = Path(target_dir)
@@ -221,15 +222,16 @@ def _silence_rows(root: Path, secs: float, fraction: float) -> tuple[list[Row], 
 def _noise_cuts(path: Path, secs: float, fraction: float) -> tuple[list[Row], list[Row]]:
     """Consecutive, non-overlapping ``secs``-long cuts of one noise file as (train, valid).
 
-    The valid cuts are the last ones, so no train cut shares a sample with a valid cut. An
-    unreadable file yields one train row without ``end``: audio screening reports why.
+    The valid cuts are the last ones, so no train cut shares a sample with a valid cut; a
+    tail shorter than ``secs`` is dropped. An unreadable file yields one train row without
+    ``end``, so that audio screening excludes it and reports why.
     """
     stem = path.stem
     try:
         info = soundfile.info(str(path))
     except (soundfile.SoundFileError, RuntimeError, OSError):
         return [Row(f"{SILENCE}/{stem}/0000", str(path), 0.0, None, SILENCE, "", None)], []
-    count = int(info.frames // round(secs * info.samplerate))
+    count = int(info.frames // max(1, round(secs * info.samplerate)))
     n_valid = min(math.ceil(count * fraction), count - 1) if count > 1 else 0
     rows = [Row(f"{SILENCE}/{stem}/{i:04d}", str(path), round(i * secs, 6),
                 round((i + 1) * secs, 6), SILENCE, "", None) for i in range(count)]

@@ -11,8 +11,9 @@ becomes a subcommand. Output is deterministic for a given seed. Audio is 16 kHz 
 
 Speech Commands audio: each word has a fixed spectral signature (three formant bands on a
 mel-spaced grid; two words share at most one band) excited by a harmonic source, so even a
-mean-pooled log-mel feature separates the words. Speakers vary pitch and formants (±4 %)
-and loudness; each clip varies onset, length (0.7–1.0 s) and background noise (10–25 dB SNR).
+mean-pooled log-mel feature separates the words. Speakers differ in pitch (90–250 Hz), shift their formants by up to
+±4 % and differ in loudness; each clip varies onset, length (0.7–1.0 s) and background
+noise (10–25 dB SNR). ``_silence_`` is noise about 14 dB below a word's level.
 """
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ def _mel_spaced(low_hz: float, high_hz: float, count: int) -> np.ndarray:
 
 _SLOTS = _mel_spaced(300, 4800, 20)  # formant grid; 4 % shifts stay within a slot's width
 _NOISE_FILES = {"white_noise": 0.0, "pink_noise": 1.0, "brown_noise": 2.0, "mains_hum": None}
-_NOISE_RMS = 0.05  # level of the background-noise files and the centre of _silence_ clips
+_NOISE_RMS = 0.02  # level of the background-noise files and the centre of _silence_ clips
 _BATCH = 256
 
 
@@ -262,13 +263,17 @@ def _render_batch(rng: np.random.Generator, items: list[tuple[str, int]], speake
     return [clip[:length] for clip, length in zip(clips, _clip_lengths(rng, who.size))]
 
 
+def _noise(rng: np.random.Generator, exponent: float | None, samples: int) -> np.ndarray:
+    """Unit-RMS noise of one :data:`_NOISE_FILES` kind: 1/f**exponent, or hum for None."""
+    return hum(rng, samples) if exponent is None else colored_noise(rng, 1, samples,
+                                                                    exponent)[0]
+
+
 def _write_noise_folder(rng: np.random.Generator, folder: Path, seconds: float) -> None:
     """``_background_noise_/``: one ``seconds``-long wav per kind of noise, and a README."""
     samples = int(round(seconds * SAMPLE_RATE))
     for name, exponent in _NOISE_FILES.items():
-        audio = hum(rng, samples) if exponent is None else colored_noise(rng, 1, samples,
-                                                                         exponent)[0]
-        write_wav(folder / f"{name}.wav", _NOISE_RMS * audio)
+        write_wav(folder / f"{name}.wav", _NOISE_RMS * _noise(rng, exponent, samples))
     _stub(folder / "README.md", "background noise",
           "Long noise recordings: white, pink and brown noise and mains hum. Recipes cut them "
           "into 1-s clips for the _silence_ class.")
@@ -305,15 +310,19 @@ def _write_test_set(root: Path, rng: np.random.Generator, speakers: Speakers,
     plan += [(root / UNKNOWN / f"{speaker}_nohash_{n}.wav", str(rng.choice(others)), i)
              for i, speaker in enumerate(speakers.ids) for n in range(utterances)]
     _write_clips(rng, plan, speakers)
-    for k in range(len(speakers.ids) * utterances):
-        name = list(_NOISE_FILES)[k % len(_NOISE_FILES)]
-        exponent = _NOISE_FILES[name]
-        audio = hum(rng, SAMPLE_RATE) if exponent is None else colored_noise(
-            rng, 1, SAMPLE_RATE, exponent)[0]
-        level = _NOISE_RMS * 10 ** (rng.uniform(-6, 3) / 20)
-        write_wav(root / SILENCE / f"{name}_{k:03d}.wav", level * audio)
+    _write_silence_clips(rng, root / SILENCE, len(speakers.ids) * utterances)
     _stub(root / "README.md", root.name, "Same layout as the Speech Commands v0.01 test set.")
     return root
+
+
+def _write_silence_clips(rng: np.random.Generator, folder: Path, count: int) -> None:
+    """``count`` 1-s clips of the background-noise kinds in turn, at -6 to +3 dB of their
+    level. Named ``<kind>_<k>.wav``: like the real ones, not ``<speaker>_nohash_<n>``."""
+    kinds = list(_NOISE_FILES.items())
+    for k in range(count):
+        name, exponent = kinds[k % len(kinds)]
+        level = _NOISE_RMS * 10 ** (rng.uniform(-6, 3) / 20)
+        write_wav(folder / f"{name}_{k:03d}.wav", level * _noise(rng, exponent, SAMPLE_RATE))
 
 
 def synthesize_speech_commands(out_dir, speakers=40, seed=0, version="v0.01", noise_secs=8.0,
@@ -336,19 +345,22 @@ def synthesize_speech_commands(out_dir, speakers=40, seed=0, version="v0.01", no
     """
     if version not in ("v0.01", "v0.02", "both"):
         raise ValueError(f"version={version!r}; choose one of: v0.01, v0.02, both")
+    if utterances_per_word < 1 or not noise_secs > 0:
+        raise ValueError("utterances_per_word must be >= 1 and noise_secs > 0")
     out = Path(out_dir)
+    # One stream per root, so a root's content does not depend on which others are written.
     streams = [np.random.default_rng([seed, stream]) for stream in range(4)]
-    main = make_speakers(streams[0], speakers, quotas=_split_quotas(speakers))
-    held_out = make_speakers(streams[0], max(2, speakers // 4), taken=set(main.ids))
+    talkers = make_speakers(streams[0], speakers, quotas=_split_quotas(speakers))
+    held_out = make_speakers(streams[0], max(2, speakers // 4), taken=set(talkers.ids))
     roots = {}
     if version in ("v0.01", "both"):
         roots["v0.01"] = _write_release(out / "speech_commands_v0.01", streams[1], WORDS_V1,
-                                        main, utterances_per_word, noise_secs)
+                                        talkers, utterances_per_word, noise_secs)
         roots["test_v0.01"] = _write_test_set(out / "speech_commands_test_set_v0.01",
                                               streams[2], held_out, utterances_per_word)
     if version in ("v0.02", "both"):
         roots["v0.02"] = _write_release(out / "speech_commands_v0.02", streams[3], WORDS_V2,
-                                        main, utterances_per_word, noise_secs)
+                                        talkers, utterances_per_word, noise_secs)
     return roots
 
 
