@@ -25,7 +25,8 @@ wav_path    absolute path of the wav file (str)
 start       segment start, seconds (float); empty = start of the file
 end         segment end, seconds (float); empty = end of the file
 label       a word, ``_unknown_`` or ``_silence_``
-speaker     ``<speaker>`` of ``<speaker>_nohash_<n>.wav`` (8 hex digits); empty otherwise
+speaker     ``<speaker>`` of ``<speaker>_nohash_<n>.wav`` (8 hex digits in the real
+            corpus); empty when the file name has another form
 utterance   ``<n>`` of that name (int); empty otherwise
 ==========  ===============================================================================
 
@@ -80,6 +81,7 @@ def prepare_speech_commands(target_dir, dataset_root, test_root=None, classes="s
                             silence_secs=1.0, valid_silence_fraction=0.1) -> dict[str, Path]:
     """Write ``train.csv``, ``valid.csv`` and ``test.csv`` into ``target_dir``.
 
+    ``classes`` is ``"superb12"`` (needs ``test_root``) or ``"all"`` (ignores it).
     ``silence_secs`` is the length of a ``_silence_`` cut; the last
     ``ceil(valid_silence_fraction * cuts)`` cuts of each noise file go to valid (a file
     always keeps at least one cut for train). Returns ``{"train": path, "valid": path,
@@ -116,9 +118,8 @@ def prepare_speech_commands(target_dir, dataset_root, test_root=None, classes="s
 def _check_options(classes, silence_secs, valid_silence_fraction) -> None:
     """Reject option values before touching the disk."""
     if classes not in CLASS_MODES:
-        raise CorpusError(f"prepare_data.classes={classes!r} is not a label set"
-                          f"{closest(str(classes), CLASS_MODES)} Choose one of: "
-                          f"{', '.join(CLASS_MODES)}.")
+        raise CorpusError(f"prepare_data.classes={classes!r}: choose one of "
+                          f"{', '.join(CLASS_MODES)}{closest(str(classes), CLASS_MODES)}")
     if not silence_secs > 0:
         raise CorpusError(f"prepare_data.silence_secs={silence_secs!r} must be > 0 "
                           "(seconds per _silence_ cut).")
