@@ -230,9 +230,9 @@ class Problem:
     def build_batch_sampler(self, build_batch_sampler: dict, target_dir: Path, cache_dir: Path,
                             mode: str, data_csv: Path, dataset):
         conf = dict(build_batch_sampler[mode])
-        name = conf.pop("name", "fixed" if mode != "train" else "fixed")
+        name = conf.pop("name", "fixed")
         common = {"seed": self.cfg.train.seed, "world_size": self.cfg.world_size,
-                  "rank": self.cfg.rank}
+                  "rank": self.cfg.rank, "pad_last": mode == "train"}
         if name == "balanced":
             return BATCH_SAMPLERS.build(name, conf, f"build_batch_sampler.{mode}",
                                         labels=dataset.labels, **common)

@@ -14,7 +14,8 @@ FAST = {
     "num_workers": 0,
     "train": {"total_steps": 40, "eval_step": 20, "save_step": 20, "log_step": 10},
     "build_optimizer": {"conf": {"lr": 3e-3}},
-    "build_batch_sampler": {"train": {"batch_size": 16}},
+    # test batches of 10 leave a short last batch: each item must still be scored once
+    "build_batch_sampler": {"train": {"batch_size": 16}, "test": {"batch_size": 10}},
 }
 
 

@@ -35,6 +35,8 @@ def test_all_stages_produce_report_far_above_chance(full_run):
     predictions = pd.read_csv(target / "evaluate" / "valid_best" / "test" / "predictions.csv")
     assert {"id", "label", "predicted", "score_yes", "score__silence_"} <= set(predictions)
     assert predictions.filter(like="score_").sum(axis=1).round(4).eq(1).all()
+    test_manifest = pd.read_csv(target / "data" / "test.csv")
+    assert sorted(predictions["id"]) == sorted(test_manifest["id"])  # each item once
     for saved in ("config.yaml", "runs", "log.txt", "train/config.yaml",
                   "train/checkpoints/valid_best.pt", "data/train.csv", "encoder.json"):
         assert (target / saved).exists(), saved

@@ -23,12 +23,14 @@ class ShardedBatchSampler(Sampler):
     """Base class: subclasses implement :meth:`epoch_order` (a 1-D array of item indices)."""
 
     def __init__(self, batch_size: int, seed: int = 0, world_size: int = 1, rank: int = 0,
-                 drop_last: bool = False):
+                 drop_last: bool = False, pad_last: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.seed = batch_size, seed
         self.world_size, self.rank, self.drop_last = world_size, rank, drop_last
+        self.pad_last = pad_last
         self.epoch, self.start_batch = 0, 0
+        self._cache: tuple[int, list] | None = None
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
@@ -37,18 +39,25 @@ class ShardedBatchSampler(Sampler):
         raise NotImplementedError
 
     def global_batches(self) -> list[np.ndarray]:
-        order = self.epoch_order(np.random.default_rng((self.seed, self.epoch)))
+        if self._cache is None or self._cache[0] != self.epoch:
+            self._cache = (self.epoch, self._cut(
+                self.epoch_order(np.random.default_rng((self.seed, self.epoch)))))
+        return self._cache[1]
+
+    def _cut(self, order: np.ndarray) -> list[np.ndarray]:
         size = self.batch_size * self.world_size
         count = len(order) // size if self.drop_last else math.ceil(len(order) / size)
-        if count * size > len(order) and len(order):
+        if self.pad_last and count * size > len(order) and len(order):
             # Wrap around so the last global batch is full: equal batches on every rank.
+            # Training only: evaluation must see each item exactly once.
             order = np.concatenate([order, np.resize(order, count * size - len(order))])
         return [order[i * size:(i + 1) * size] for i in range(count)]
 
     def __iter__(self):
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
         for batch in self.global_batches()[self.start_batch:]:
-            yield batch[lo:hi].tolist()
+            if len(batch[lo:hi]):
+                yield batch[lo:hi].tolist()
 
     def __len__(self) -> int:
         return len(self.global_batches()) - self.start_batch
