@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import doctest
 import tracemalloc
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from framework.audio import io as audio_io
 from framework.audio.io import inspect_audio, read_audio, screen_manifest
 from framework.errors import AudioError
 
@@ -233,3 +235,8 @@ def test_screen_manifest_keeps_good_rows_and_lists_bad_ones(tmp_path):
 
     # screening again changes nothing and still creates nothing new to exclude
     assert screen_manifest(manifest, excluded, num_workers=1) == result.__class__(2, 0)
+
+
+def test_docstring_examples_run():
+    results = doctest.testmod(audio_io)
+    assert results.attempted >= 4 and results.failed == 0

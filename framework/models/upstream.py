@@ -40,15 +40,20 @@ class SpectralUpstream(Upstream):
         self.hop_length = int(sample_rate * hop_ms / 1000)
         self.downsample_rate = self.hop_length
 
+    n_fft: int
+
     def frame_lens(self, wav_lens: torch.Tensor) -> torch.Tensor:
-        # torch.stft with center=True yields 1 + T // hop frames.
-        return wav_lens // self.hop_length + 1
+        # Frames are not centred (Kaldi's snip-edges): a frame counts as valid only when all
+        # its n_fft samples lie inside the utterance, so padding never leaks into features.
+        return ((wav_lens - self.n_fft) // self.hop_length + 1).clamp(min=1)
 
     def features(self, wavs: torch.Tensor) -> torch.Tensor:
-        """(B, T) → (B, T', D)."""
+        """(B, T) with T >= n_fft → (B, 1 + (T - n_fft) // hop, D)."""
         raise NotImplementedError
 
     def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor):
+        if wavs.shape[1] < self.n_fft:
+            wavs = torch.nn.functional.pad(wavs, (0, self.n_fft - wavs.shape[1]))
         feats = self.features(wavs)
         lens = self.frame_lens(wav_lens).clamp(max=feats.shape[1])
         return [feats], lens
@@ -76,7 +81,7 @@ class Fbank(SpectralUpstream):
         if self.preemphasis:
             wavs = torch.cat([wavs[:, :1], wavs[:, 1:] - self.preemphasis * wavs[:, :-1]], 1)
         spec = torch.stft(wavs, self.n_fft, self.hop_length, self.win_length, self.window,
-                          center=True, return_complex=True)
+                          center=False, return_complex=True)
         power = spec.real.square() + spec.imag.square()          # (B, F, T')
         logmel = torch.log(power.transpose(1, 2) @ self.mel + 1e-6)  # (B, T', mels)
         return logmel
@@ -95,8 +100,9 @@ class LogMel(SpectralUpstream):
     def __init__(self, n_mels: int = 80, n_fft: int = 512, top_db: float = 80.0,
                  sample_rate: int = 16000, win_ms: float = 25.0, hop_ms: float = 10.0):
         super().__init__(sample_rate, win_ms, hop_ms)
+        self.n_fft = n_fft
         self.mel = torchaudio.transforms.MelSpectrogram(
-            self.sample_rate, n_fft=n_fft, win_length=self.win_length,
+            self.sample_rate, n_fft=n_fft, win_length=self.win_length, center=False,
             hop_length=self.hop_length, n_mels=n_mels, norm="slaney", mel_scale="slaney")
         self.to_db = torchaudio.transforms.AmplitudeToDB("power", top_db=top_db)
         self.hidden_sizes = [n_mels]
@@ -114,9 +120,10 @@ class Mfcc(SpectralUpstream):
     def __init__(self, n_mfcc: int = 40, n_mels: int = 80, n_fft: int = 512,
                  sample_rate: int = 16000, win_ms: float = 25.0, hop_ms: float = 10.0):
         super().__init__(sample_rate, win_ms, hop_ms)
+        self.n_fft = n_fft
         self.mfcc = torchaudio.transforms.MFCC(
             self.sample_rate, n_mfcc=n_mfcc, log_mels=True,
-            melkwargs=dict(n_fft=n_fft, win_length=self.win_length,
+            melkwargs=dict(n_fft=n_fft, win_length=self.win_length, center=False,
                            hop_length=self.hop_length, n_mels=n_mels, mel_scale="htk"))
         self.hidden_sizes = [n_mfcc]
 
