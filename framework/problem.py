@@ -120,6 +120,9 @@ class Problem:
         overrides = {k: v for k, v in overrides.items() if v is not None or k in ("stop",)}
         cfg = self.compose_config(config_files, dotlist, overrides)
         self.check_builders(cfg)
+        if cfg.world_size != 1:
+            raise ConfigError("world_size > 1: distributed training is not wired yet; "
+                              "run with world_size=1")
         self.cfg = cfg
         self.target_dir = Path(cfg.target_dir).resolve()
         workspace.claim(self.target_dir, self.problem_name())
