@@ -42,7 +42,8 @@ def time_screen(manifest: str, workers: int) -> float:
     copy = manifest + f".w{workers}.csv"
     shutil.copy(manifest, copy)
     begin = time.perf_counter()
-    result = screen_manifest(copy, copy + ".excluded.csv", num_workers=workers, desc=f"{workers} worker(s)")
+    result = screen_manifest(copy, copy + ".excluded.csv", num_workers=workers,
+                             desc=f"{workers} worker(s)")
     elapsed = time.perf_counter() - begin
     assert result.excluded == 0, result
     return elapsed

@@ -37,7 +37,8 @@ class UtteranceClassification(Problem):
         encoder = self.load_encoder(encoder_path)
         return AudioDataset(manifest, encoder.index, build_dataset["sample_rate"],
                             conf.get("max_secs"), "random" if mode == "train" else "center",
-                            seed=self.cfg.train.seed)
+                            seed=self.cfg.train.seed,
+                            cache_dir=cache_dir if build_dataset["cache_waveforms"] else None)
 
     def build_task(self, build_task, model, encoder):
         return UtteranceClassificationTask(model, encoder.classes, **build_task)

@@ -8,6 +8,7 @@ what the stage hands it. Change a piece by overriding the section (YAML or a dot
 """
 from __future__ import annotations
 
+import datetime
 import inspect
 import json
 import logging
@@ -409,7 +410,8 @@ def set_aside_foreign_run(train_dir: Path, fingerprint: str) -> None:
     """Checkpoints of a differently configured run are moved aside, never resumed or lost."""
     marker = train_dir / "fingerprint"
     if marker.is_file() and marker.read_text() != fingerprint:
-        old = train_dir.with_name(f"train.previous-{marker.read_text()[:8]}")
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        old = train_dir.with_name(f"train.previous-{stamp}-{marker.read_text()[:8]}")
         train_dir.rename(old)
         log.warning("training config changed: the previous run was moved to %s", old)
     train_dir.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import doctest
+import struct
 import tracemalloc
 
 import numpy as np
@@ -131,6 +132,21 @@ def test_truncated_wav_is_caught_although_libsndfile_shrinks_its_frame_count(tmp
     assert info.reason == "truncated: header promises 1.000 s of audio, file holds 0.250 s"
 
 
+def test_truncation_is_found_past_a_large_chunk_before_the_data(tmp_path):
+    """Broadcast/edited WAVs carry metadata chunks (here 10 kB of JUNK) before ``data``."""
+    samples = (np.arange(16000) % 100).astype("<i2").tobytes()  # 1 s, 16-bit mono, 16 kHz
+    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
+    chunks = (b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"JUNK" + struct.pack("<I", 10000)
+              + bytes(10000) + b"data" + struct.pack("<I", len(samples)) + samples)
+    path = tmp_path / "junk.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks)
+    assert inspect_audio(str(path)).ok
+    assert read_audio(str(path))[99].item() == 99 / 32768
+    cut = _cut(str(path), len(path.read_bytes()) - 16000, "junk_cut.wav")
+    assert inspect_audio(cut).reason == \
+        "truncated: header promises 1.000 s of audio, file holds 0.500 s"
+
+
 def test_truncated_flac_is_caught_while_decoding(tmp_path):
     good = _write(tmp_path, "good.flac", _sine(300, 6.0, 16000))
     with open(good, "rb") as fh:
@@ -175,6 +191,9 @@ def test_segment_reads_exactly_its_samples(tmp_path):
     assert torch.equal(read_audio(path, start=0.5, end=0.75, offset_frames=1000, max_frames=500),
                        expected[1000:1500])
     assert inspect_audio(path, start=0.5, end=0.75).duration == 0.25
+    # NaN is how pandas hands over an empty start/end cell: the file's edge
+    assert torch.equal(read_audio(path, start=float("nan"), end=np.float32(0.75)),
+                       torch.arange(12000, dtype=torch.float32) / 32768)
 
 
 def test_cropped_window_at_another_rate_has_the_requested_length(tmp_path):
@@ -213,7 +232,8 @@ def test_screen_manifest_keeps_good_rows_and_lists_bad_ones(tmp_path):
             ("b", good, "1.5", "3.0", "no"), ("c", nan, "", "", "yes"),
             ("d", cut, "", "", "yes"), ("e", str(tmp_path / "gone.wav"), "", "", "up")]
     manifest = tmp_path / "train.csv"
-    pd.DataFrame(rows, columns=["id", "wav_path", "start", "end", "label"]).to_csv(manifest, index=False)
+    columns = ["id", "wav_path", "start", "end", "label"]
+    pd.DataFrame(rows, columns=columns).to_csv(manifest, index=False)
     excluded = tmp_path / "excluded.csv"
     excluded.write_text("id,wav_path,reason\nold,old.wav,earlier run\n")
 

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from framework.audio.cache import WaveformCache
 from framework.audio.io import read_audio
 
 
@@ -27,12 +28,14 @@ class AudioDataset(Dataset):
     ``max_secs`` crops longer items: a random window in ``crop="random"`` mode (seeded by
     ``seed``, the epoch set with :meth:`set_epoch` and the index, so a resumed run crops the
     same), the centre window in ``crop="center"`` mode. Only the window is read from disk.
-    ``label`` is present when ``label_to_id`` is given.
+    ``label`` is present when ``label_to_id`` is given. With ``cache_dir`` the waveforms are
+    decoded once into a shared :class:`~framework.audio.cache.WaveformCache` and read from it.
     """
 
     def __init__(self, manifest: pd.DataFrame, label_to_id: dict[str, int] | None = None,
                  sample_rate: int = 16000, max_secs: float | None = None,
-                 crop: str = "center", seed: int = 0, label_column: str = "label"):
+                 crop: str = "center", seed: int = 0, label_column: str = "label",
+                 cache_dir=None):
         self.rows = manifest.reset_index(drop=True)
         self.ids = self.rows["id"].tolist()
         self.paths = self.rows["wav_path"].tolist()
@@ -44,6 +47,10 @@ class AudioDataset(Dataset):
             self.labels = [label_to_id[x] for x in self.rows[label_column]]
         self.sample_rate, self.crop, self.seed, self.epoch = sample_rate, crop, seed, 0
         self.max_frames = int(max_secs * sample_rate) if max_secs else None
+        self.cache = None
+        if cache_dir is not None:
+            rows = zip(self.paths, self.starts, self.ends)
+            self.cache = WaveformCache.open_or_build(rows, sample_rate, cache_dir)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -52,8 +59,11 @@ class AudioDataset(Dataset):
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> dict:
-        wav = read_audio(self.paths[index], self.starts[index], self.ends[index],
-                         self.sample_rate, self.max_frames, self.crop_offset(index))
+        if self.cache is not None:
+            wav = self.cache.get(index, self.crop_offset(index), self.max_frames)
+        else:
+            wav = read_audio(self.paths[index], self.starts[index], self.ends[index],
+                             self.sample_rate, self.max_frames, self.crop_offset(index))
         item = {"id": self.ids[index], "wav": wav}
         if self.labels is not None:
             item["label"] = self.labels[index]
@@ -61,10 +71,15 @@ class AudioDataset(Dataset):
 
     def crop_offset(self, index: int) -> int | None:
         """First frame of the window to read (None: from the start)."""
-        duration = self.durations[index]
-        if self.max_frames is None or duration is None:
+        if self.max_frames is None:
             return None
-        spare = int(duration * self.sample_rate) - self.max_frames
+        if self.cache is not None:
+            frames = int(self.cache.index[index][1])
+        elif self.durations[index] is not None:
+            frames = int(self.durations[index] * self.sample_rate)
+        else:
+            return None
+        spare = frames - self.max_frames
         if spare <= 0:
             return None
         if self.crop == "center":

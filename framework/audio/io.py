@@ -24,12 +24,14 @@ Audio is read with soundfile (libsndfile) only. Two libsndfile behaviours shape 
 Example:
 
 >>> import numpy as np, soundfile as sf, tempfile, os
->>> path = os.path.join(tempfile.mkdtemp(), "tone.wav")
+>>> tmp = tempfile.TemporaryDirectory()
+>>> path = os.path.join(tmp.name, "tone.wav")
 >>> sf.write(path, np.zeros((8000, 2), np.int16), 8000)   # 1 s, stereo, 8 kHz
 >>> read_audio(path, sample_rate=16000).shape
 torch.Size([16000])
 >>> inspect_audio(path, start=0.5, end=2.0).reason
 "segment ends at 2.000 s, beyond the file's end (1.000 s)"
+>>> tmp.cleanup()
 """
 from __future__ import annotations
 
@@ -96,7 +98,8 @@ class AudioInfo:
 
 @dataclass(frozen=True)
 class ScreenResult:
-    """Row counts of one :func:`screen_manifest` call: rows kept, rows moved to the exclusion CSV."""
+    """Row counts of one :func:`screen_manifest` call: rows kept, rows moved to the
+    exclusion CSV."""
 
     kept: int
     excluded: int
@@ -196,7 +199,8 @@ def _truncation_reason(promised_s: float, held_s: float, detail: str = "") -> st
     suffix = f" ({detail})" if detail else ""
     if held_s <= 0:
         return f"header only: header promises {promised_s:.3f} s of audio, file holds none{suffix}"
-    return f"truncated: header promises {promised_s:.3f} s of audio, file holds {held_s:.3f} s{suffix}"
+    return (f"truncated: header promises {promised_s:.3f} s of audio, "
+            f"file holds {held_s:.3f} s{suffix}")
 
 
 def _check_riff_sizes(path, riff: Optional[_RiffData]) -> None:
@@ -210,27 +214,33 @@ def _check_riff_sizes(path, riff: Optional[_RiffData]) -> None:
             riff.promised_bytes / rate, max(riff.held_bytes, 0) / rate))
 
 
+def _is_nan(value) -> bool:
+    """True for a NaN of any float type (how pandas spells an empty start/end cell)."""
+    return value is not None and math.isnan(value)
+
+
 def _segment_frames(path, f: sf.SoundFile, start: Optional[float], end: Optional[float]):
     """Frame range ``[first, last)`` of the segment ``start``..``end`` (seconds) in ``f``.
 
-    None means the file's edge. ``last`` is clamped to the file's end when the segment ends
+    None (or NaN) means the file's edge. ``last`` is clamped to the file's end when the segment ends
     at most END_TOLERANCE_S past it. Raises AudioError for an empty file, an inverted or
     negative segment, or a segment beyond the file's end.
     """
     rate, frames = f.samplerate, f.frames
     if frames <= 0:
         raise AudioError(path, "empty (0 frames)")
+    start, end = (None if _is_nan(bound) else bound for bound in (start, end))
     if not all(bound is None or math.isfinite(bound) for bound in (start, end)):
         raise AudioError(path, f"invalid segment: start={start} s, end={end} s")
     first = 0 if start is None else round(start * rate)
     last = frames if end is None else round(end * rate)
-    file_end = frames / rate
+    beyond = f"beyond the file's end ({frames / rate:.3f} s)"
     if first >= frames:
-        raise AudioError(path, f"segment starts at {start:.3f} s, beyond the file's end ({file_end:.3f} s)")
+        raise AudioError(path, f"segment starts at {start:.3f} s, {beyond}")
     if first < 0 or last <= first:
         raise AudioError(path, f"invalid segment: start={start} s, end={end} s")
     if last > frames + END_TOLERANCE_S * rate:
-        raise AudioError(path, f"segment ends at {end:.3f} s, beyond the file's end ({file_end:.3f} s)")
+        raise AudioError(path, f"segment ends at {end:.3f} s, {beyond}")
     return first, min(last, frames)
 
 
@@ -286,10 +296,12 @@ def inspect_audio(path, start: Optional[float] = None, end: Optional[float] = No
     second, only over the requested segment; integer-PCM WAV needs its header alone.
 
     >>> import numpy as np, soundfile as sf, tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "x.wav")
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(tmp.name, "x.wav")
     >>> sf.write(path, np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
-    >>> inspect_audio(path)
-    AudioInfo(ok=False, reason='NaN samples (first at 0.000 s)', duration=0.0, sample_rate=16000, channels=1)
+    >>> inspect_audio(path).reason
+    'NaN samples (first at 0.000 s)'
+    >>> tmp.cleanup()
     """
     rate = channels = 0
     try:
@@ -345,7 +357,8 @@ def _read_frames(path, f: sf.SoundFile, first: int, last: int) -> np.ndarray:
         f.seek(first)
         data = f.read(last - first, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as err:
-        raise AudioError(path, f"cannot decode at {first / f.samplerate:.3f} s: {_sf_message(err)}") from None
+        where = f"{first / f.samplerate:.3f} s"
+        raise AudioError(path, f"cannot decode at {where}: {_sf_message(err)}") from None
     if len(data) == 0:
         raise AudioError(path, "empty (0 frames)")
     return data
@@ -362,7 +375,7 @@ def read_audio(path, start: Optional[float] = None, end: Optional[float] = None,
                offset_frames: Optional[int] = None) -> torch.Tensor:
     """Read a mono float32 waveform of shape ``(frames,)`` at ``sample_rate`` Hz.
 
-    * ``start``/``end``: segment bounds in seconds of the file (None = the file's edge).
+    * ``start``/``end``: segment bounds in seconds of the file (None or NaN = the file's edge).
       An ``end`` up to END_TOLERANCE_S past the file's end is clamped to it.
     * ``offset_frames``/``max_frames``: a crop of that segment, both in frames at
       ``sample_rate``: the result starts ``offset_frames`` (default 0) after the segment's
@@ -379,10 +392,12 @@ def read_audio(path, start: Optional[float] = None, end: Optional[float] = None,
     fewer frames): :func:`screen_manifest` excludes such files once, up front.
 
     >>> import numpy as np, soundfile as sf, tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "ramp.wav")
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(tmp.name, "ramp.wav")
     >>> sf.write(path, np.arange(8000, dtype=np.int16), 8000)
     >>> read_audio(path, start=0.5, sample_rate=8000, offset_frames=10, max_frames=3) * 32768
     tensor([4010., 4011., 4012.])
+    >>> tmp.cleanup()
     """
     with _open(path) as f:
         first, last = _segment_frames(path, f, start, end)
@@ -418,7 +433,8 @@ def _inspect_key(key) -> AudioInfo:
     try:
         start, end = _parse_seconds(start_text), _parse_seconds(end_text)
     except ValueError:
-        return AudioInfo(False, f"invalid segment bounds: start={start_text!r}, end={end_text!r}", 0.0, 0, 0)
+        reason = f"invalid segment bounds: start={start_text!r}, end={end_text!r}"
+        return AudioInfo(False, reason, 0.0, 0, 0)
     return inspect_audio(path, start, end)
 
 
@@ -431,9 +447,9 @@ def _inspect_all(keys: list, num_workers: int, desc: str) -> dict:
     """{key: AudioInfo} for every key, on ``num_workers`` threads, with a progress bar.
 
     Threads, not processes: libsndfile and the open/pread syscalls release the GIL, and a
-    worker process would pay torch's import before its first file. The gain is modest
-    (most of the ~70 us per file is soundfile's Python wrapper); bench/audio_screen.py
-    measures it.
+    worker process would pay torch's import before its first file. Measured on 2 cores
+    (bench/audio_screen.py): no gain for integer-PCM WAV, whose ~70 us per file is mostly
+    soundfile's Python wrapper holding the GIL; ~15% for float data, decoded outside it.
     """
     chunks = [keys[i:i + _FILES_PER_TASK] for i in range(0, len(keys), _FILES_PER_TASK)]
     found = {}
@@ -505,16 +521,18 @@ def screen_manifest(csv_path, excluded_csv, num_workers: int = 2,
     ``excluded_csv`` as ``id, wav_path, reason`` (created with a header if absent).
     Returns the counts of kept and excluded rows.
 
-    >>> import numpy as np, soundfile as sf, tempfile, os
-    >>> folder = tempfile.mkdtemp()
-    >>> good, gone = os.path.join(folder, "a.wav"), os.path.join(folder, "gone.wav")
+    >>> import numpy as np, soundfile as sf, tempfile
+    >>> from pathlib import Path
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> good, gone = Path(tmp.name, "a.wav"), Path(tmp.name, "gone.wav")
     >>> sf.write(good, np.zeros(8000, np.int16), 16000)
-    >>> manifest = os.path.join(folder, "train.csv")
-    >>> _ = open(manifest, "w").write(f"id,wav_path\\nu1,{good}\\nu2,{gone}\\n")
-    >>> screen_manifest(manifest, os.path.join(folder, "excluded.csv"))
+    >>> manifest = Path(tmp.name, "train.csv")
+    >>> _ = manifest.write_text(f"id,wav_path\\nu1,{good}\\nu2,{gone}\\n")
+    >>> screen_manifest(manifest, Path(tmp.name, "excluded.csv"))
     ScreenResult(kept=1, excluded=1)
-    >>> open(manifest).read().splitlines()[1] == f"u1,{good},0.5"
+    >>> manifest.read_text().splitlines()[1] == f"u1,{good},0.5"
     True
+    >>> tmp.cleanup()
     """
     table = _read_manifest(csv_path)
     keys = _segment_keys(table)
