@@ -75,7 +75,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    args = parser().parse_args(argv)
+    top = parser()
+    # Options may sit between the overrides (`run kws --config a.yaml key=value ...`), which
+    # argparse's positional handling does not allow: collect the leftovers as overrides.
+    args, extra = top.parse_known_args(argv)
+    unknown = [item for item in extra if args.command != "run" or "=" not in item]
+    if unknown:
+        top.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
     except UserError as err:

@@ -111,6 +111,15 @@ def test_cli_config_prints_the_commented_defaults_and_list_names_everything():
         assert f"  {name} " in listed
 
 
+def test_cli_accepts_config_files_between_overrides(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("train:\n  totl_steps: 3\n")
+    done = run_cli("run", "kws", "--config", str(extra), f"target_dir={tmp_path}",
+                   "prepare_data.dataset_root=/x")
+    assert f"error: --config {extra}: unknown key 'train.totl_steps'" in done.stderr
+    assert run_cli("run", "kws", "--bogus").returncode == 2
+
+
 def test_cli_reports_config_errors_without_traceback(tmp_path):
     done = run_cli("run", "kws", f"target_dir={tmp_path}", "build_optimzer.lr=1")
     assert done.returncode == 2
