@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from framework import config as cfglib
 from framework import workspace
-from framework.audio.dataset import AudioDataset, collate_padded, read_manifest
+from framework.audio.dataset import collate_padded
 from framework.audio.io import screen_manifest
 from framework.audio.samplers import BATCH_SAMPLERS
 from framework.checkpoint import CheckpointDir, load_checkpoint
@@ -138,10 +138,14 @@ class Problem:
             self.run_stage(STAGES[index])
         return {name: self.book.read(name) for name in STAGES}
 
+    def stage_config(self, name: str) -> dict:
+        """The config sections and run keys that decide stage ``name``'s result (plain)."""
+        return {key: cfglib.to_plain(self.cfg[key]) if isinstance(self.cfg[key], DictConfig)
+                else self.cfg[key] for key in self.stage_sections[name]}
+
     def run_stage(self, name: str) -> None:
         index = STAGES.index(name)
-        sections = {key: cfglib.to_plain(self.cfg[key]) if isinstance(self.cfg[key], DictConfig)
-                    else self.cfg[key] for key in self.stage_sections[name]}
+        sections = self.stage_config(name)
         if not self.cfg.force and self.book.is_current(name, sections):
             log.info("stage %d %s: up to date, skipped (force=true reruns it)", index, name)
             return
@@ -271,8 +275,7 @@ class Problem:
     def stage_train(self, cfg) -> StageResult:
         train_dir = self.target_dir / "train"
         ckpts = CheckpointDir(train_dir / "checkpoints", cfg.train.keep_num_ckpts)
-        fingerprint = self.book.fingerprint("train", {k: cfglib.to_plain(cfg[k]) if isinstance(
-            cfg[k], DictConfig) else cfg[k] for k in self.stage_sections["train"]}, [])
+        fingerprint = self.book.fingerprint("train", self.stage_config("train"), [])
         set_aside_foreign_run(train_dir, fingerprint)
         cfglib.save_yaml(cfg, train_dir / "config.yaml")
         (train_dir / "fingerprint").write_text(fingerprint)

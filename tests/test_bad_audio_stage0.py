@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from tests.conftest import FAST, merge
 
 
 def corrupt_copy(corpus, root):
