@@ -39,8 +39,6 @@ log = logging.getLogger("framework.problem")
 MODEL_SECTIONS = ("build_dataset", "build_batch_sampler", "build_collate_fn", "build_upstream",
                   "build_featurizer", "build_downstream", "build_model", "build_task",
                   "build_optimizer", "build_scheduler", "train")
-RUN_KEYS = ("target_dir", "cache_dir", "start", "stop", "force", "num_workers", "eval_batch",
-            "device", "world_size", "rank", "test_ckpt_dir", "test_ckpt_steps")
 
 
 class Problem:

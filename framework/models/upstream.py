@@ -33,14 +33,15 @@ class Upstream(nn.Module):
 class SpectralUpstream(Upstream):
     """A single-layer upstream computing a frame-level spectral feature (25 ms / 10 ms)."""
 
-    def __init__(self, sample_rate: int = 16000, win_ms: float = 25.0, hop_ms: float = 10.0):
+    def __init__(self, sample_rate: int = 16000, win_ms: float = 25.0, hop_ms: float = 10.0,
+                 n_fft: int | None = None):
         super().__init__()
         self.sample_rate = sample_rate
         self.win_length = int(sample_rate * win_ms / 1000)
         self.hop_length = int(sample_rate * hop_ms / 1000)
         self.downsample_rate = self.hop_length
-
-    n_fft: int
+        # default FFT size: the window length rounded up to a power of two
+        self.n_fft = n_fft or 1 << (self.win_length - 1).bit_length()
 
     def frame_lens(self, wav_lens: torch.Tensor) -> torch.Tensor:
         # Frames are not centred (Kaldi's snip-edges): a frame counts as valid only when all
@@ -69,7 +70,6 @@ class Fbank(SpectralUpstream):
         super().__init__(sample_rate, win_ms, hop_ms)
         self.preemphasis = preemphasis
         self.mean_norm = mean_norm
-        self.n_fft = 1 << (self.win_length - 1).bit_length()
         self.register_buffer("window", torch.hamming_window(self.win_length), persistent=False)
         mel = torchaudio.functional.melscale_fbanks(
             self.n_fft // 2 + 1, 20.0, self.sample_rate / 2, num_mel_bins, self.sample_rate,
@@ -99,8 +99,7 @@ class LogMel(SpectralUpstream):
 
     def __init__(self, n_mels: int = 80, n_fft: int = 512, top_db: float = 80.0,
                  sample_rate: int = 16000, win_ms: float = 25.0, hop_ms: float = 10.0):
-        super().__init__(sample_rate, win_ms, hop_ms)
-        self.n_fft = n_fft
+        super().__init__(sample_rate, win_ms, hop_ms, n_fft)
         self.mel = torchaudio.transforms.MelSpectrogram(
             self.sample_rate, n_fft=n_fft, win_length=self.win_length, center=False,
             hop_length=self.hop_length, n_mels=n_mels, norm="slaney", mel_scale="slaney")
@@ -108,8 +107,8 @@ class LogMel(SpectralUpstream):
         self.hidden_sizes = [n_mels]
 
     def features(self, wavs):
-        # top_db clipping is per utterance only when each row is its own "batch": keep it
-        # per row by treating the batch dim as channels of independent spectrograms.
+        # AmplitudeToDB clips top_db below the max of each item of a 4-D input, so the
+        # (B, 1, F, T) view clips each utterance against its own peak, not the batch's.
         return self.to_db(self.mel(wavs).unsqueeze(1)).squeeze(1).transpose(1, 2)
 
 
@@ -119,8 +118,7 @@ class Mfcc(SpectralUpstream):
 
     def __init__(self, n_mfcc: int = 40, n_mels: int = 80, n_fft: int = 512,
                  sample_rate: int = 16000, win_ms: float = 25.0, hop_ms: float = 10.0):
-        super().__init__(sample_rate, win_ms, hop_ms)
-        self.n_fft = n_fft
+        super().__init__(sample_rate, win_ms, hop_ms, n_fft)
         self.mfcc = torchaudio.transforms.MFCC(
             self.sample_rate, n_mfcc=n_mfcc, log_mels=True,
             melkwargs=dict(n_fft=n_fft, win_length=self.win_length, center=False,
