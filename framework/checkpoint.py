@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from framework.errors import CheckpointError
+from framework.faults import kill_point
 from framework.stages import atomic_write_text
 
 FORMAT = 1
@@ -27,6 +28,7 @@ def save_atomic(state: dict, path: str | Path) -> None:
         torch.save(state, handle)
         handle.flush()
         os.fsync(handle.fileno())
+    kill_point("checkpoint", path.name)
     os.replace(tmp, path)
 
 

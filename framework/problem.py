@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from framework import config as cfglib
-from framework import workspace
+from framework import distributed, workspace
 from framework.audio.dataset import collate_padded
 from framework.audio.io import screen_manifest
 from framework.audio.samplers import BATCH_SAMPLERS
@@ -44,12 +44,13 @@ MODEL_SECTIONS = ("build_dataset", "build_batch_sampler", "build_collate_fn", "b
 class Problem:
     """Base class of every problem. Subclasses set ``config_file`` (layered over parents')."""
 
-    config_file: str | None = None
+    config_file: str | None = "problem.yaml"  # the run keys every problem shares
     #: config sections (and run keys) whose values decide each stage's result
     stage_sections = {
         "prepare_data": ("prepare_data",),
         "build_encoder": ("build_encoder",),
-        "train": MODEL_SECTIONS + ("eval_batch",),
+        # world_size: per-process batches of b on N processes train like one batch of N·b
+        "train": MODEL_SECTIONS + ("eval_batch", "world_size"),
         "evaluate": ("evaluate", "test_ckpt_dir", "test_ckpt_steps", "eval_batch"),
         "report": ("report",),
     }
@@ -112,6 +113,9 @@ class Problem:
             check_kwargs(cls, conf.conf, f"{section}.conf")
 
     # -- run ------------------------------------------------------------------------------------
+    #: stages run by rank 0 alone while the other processes wait (train and evaluate shard)
+    main_only_stages = ("prepare_data", "build_encoder", "report")
+
     def run(self, config_files=(), dotlist=(), **overrides) -> dict:
         """Run stages ``start``..``stop``. Keywords are run keys or whole sections, e.g.
         ``run(target_dir="exp/kws", stop="train", train={"total_steps": 100})``.
@@ -119,22 +123,38 @@ class Problem:
         overrides = {k: v for k, v in overrides.items() if v is not None or k in ("stop",)}
         cfg = self.compose_config(config_files, dotlist, overrides)
         self.check_builders(cfg)
-        if cfg.world_size != 1:
-            raise ConfigError("world_size > 1: distributed training is not wired yet; "
-                              "run with world_size=1")
+        self.dist = distributed.resolve(cfg.world_size, cfg.rank)
+        cfg.world_size, cfg.rank = self.dist.world_size, self.dist.rank
         self.cfg = cfg
         self.target_dir = Path(cfg.target_dir).resolve()
-        workspace.claim(self.target_dir, self.problem_name())
-        workspace.setup_logging(self.target_dir)
-        workspace.record_invocation(self.target_dir, cfg)
+        self.device = pick_device(distributed.local_device(cfg.device, self.dist))
+        distributed.start(self.dist, self.device, cfg.dist_backend, cfg.dist_timeout)
+        try:
+            return self.run_stages()
+        except RuntimeError as err:
+            if self.dist.enabled and distributed.is_peer_failure(err):
+                raise distributed.peer_failure(self.dist, err) from err
+            raise
+        finally:
+            distributed.stop(self.dist)
+
+    def run_stages(self) -> dict:
+        cfg = self.cfg
+        self.dist.on_main(self.open_target_dir, "setting up target_dir")
+        workspace.setup_logging(self.target_dir if self.dist.is_main else None,
+                                rank=self.dist.rank if self.dist.enabled else None)
         self.book = StageBook(self.target_dir)
-        self.device = pick_device(cfg.device)
         start, stop = stage_index(cfg.start, 0), stage_index(cfg.stop, len(STAGES) - 1)
-        for index in range(start):
-            self.book.require(STAGES[index])  # earlier stages must exist and chain together
+        # earlier stages must exist and chain together: later stages use their outputs
+        self.dist.on_main(lambda: [self.book.require(STAGES[i]) for i in range(start)],
+                          "checking earlier stages")
         for index in range(start, stop + 1):
             self.run_stage(STAGES[index])
         return {name: self.book.read(name) for name in STAGES}
+
+    def open_target_dir(self) -> None:
+        workspace.claim(self.target_dir, self.problem_name())
+        workspace.record_invocation(self.target_dir, self.cfg)
 
     def stage_config(self, name: str) -> dict:
         """The config sections and run keys that decide stage ``name``'s result (plain)."""
@@ -144,14 +164,25 @@ class Problem:
     def run_stage(self, name: str) -> None:
         index = STAGES.index(name)
         sections = self.stage_config(name)
-        if not self.cfg.force and self.book.is_current(name, sections):
+        current = self.dist.on_main(
+            lambda: not self.cfg.force and self.book.is_current(name, sections), "stage check")
+        if current:
             log.info("stage %d %s: up to date, skipped (force=true reruns it)", index, name)
             return
         log.info("stage %d %s: running", index, name)
-        result = getattr(self, f"stage_{name}")(self.cfg)
+        stage = getattr(self, f"stage_{name}")
+        if name in self.main_only_stages:
+            self.dist.on_main(lambda: self.record_stage(name, sections, stage(self.cfg)),
+                              f"stage {index} {name}")
+        else:
+            result = stage(self.cfg)
+            self.dist.on_main(lambda: self.record_stage(name, sections, result),
+                              f"recording stage {index} {name}")
+
+    def record_stage(self, name: str, sections: dict, result: StageResult) -> None:
         self.book.write(name, sections, result)
         stale = self.book.stale_after(name)
-        log.info("stage %d %s: done%s", index, name,
+        log.info("stage %d %s: done%s", STAGES.index(name), name,
                  f"; now stale: {', '.join(stale)}" if stale else "")
 
     def artifact(self, stage: str, key: str) -> Path:
@@ -237,8 +268,8 @@ class Problem:
                             mode: str, data_csv: Path, dataset):
         conf = dict(build_batch_sampler[mode])
         name = conf.pop("name", "fixed")
-        common = {"seed": self.cfg.train.seed, "world_size": self.cfg.world_size,
-                  "rank": self.cfg.rank, "pad_last": mode == "train"}
+        common = {"seed": self.cfg.train.seed, "world_size": self.dist.world_size,
+                  "rank": self.dist.rank, "pad_last": mode == "train"}
         if name == "balanced":
             return BATCH_SAMPLERS.build(name, conf, f"build_batch_sampler.{mode}",
                                         labels=dataset.labels, **common)
@@ -251,9 +282,10 @@ class Problem:
 
     def build_loader(self, cfg, mode: str, data_csv: Path) -> DataLoader:
         """Dataset + batch sampler + collate for one manifest, from the sections in ``cfg``."""
-        dataset = self.build_dataset(cfglib.to_plain(cfg.build_dataset), self.target_dir,
-                                     self.cache_dir, mode, data_csv, self.artifact(
-                                         "build_encoder", "encoder"))
+        with self.dist.main_first():  # rank 0 builds a shared waveform cache, then the rest
+            dataset = self.build_dataset(cfglib.to_plain(cfg.build_dataset), self.target_dir,
+                                         self.cache_dir, mode, data_csv, self.artifact(
+                                             "build_encoder", "encoder"))
         sampler = self.build_batch_sampler(cfglib.to_plain(cfg.build_batch_sampler),
                                            self.target_dir, self.cache_dir, mode, data_csv,
                                            dataset)
@@ -274,9 +306,7 @@ class Problem:
         train_dir = self.target_dir / "train"
         ckpts = CheckpointDir(train_dir / "checkpoints", cfg.train.keep_num_ckpts)
         fingerprint = self.book.fingerprint("train", self.stage_config("train"), [])
-        set_aside_foreign_run(train_dir, fingerprint)
-        cfglib.save_yaml(cfg, train_dir / "config.yaml")
-        (train_dir / "fingerprint").write_text(fingerprint)
+        self.dist.on_main(lambda: open_train_dir(train_dir, fingerprint, cfg), "preparing train/")
         seed_everything(cfg.train.seed)
         task = self.build_model_and_task(cfg)
         params = [p for p in task.parameters() if p.requires_grad]
@@ -287,9 +317,11 @@ class Problem:
         valid_loader = self.build_loader(cfg, "valid", csvs["valid"])
         trainer = Trainer(TrainConfig(**cfglib.to_plain(cfg.train)), task, optimizer, scheduler,
                           train_loader, lambda: self.evaluate_loader(task, valid_loader)[0],
-                          ckpts, self.device, self.checkpoint_meta(cfg), make_writer(train_dir))
+                          ckpts, self.device, self.checkpoint_meta(cfg),
+                          make_writer(train_dir) if self.dist.is_main else None, self.dist)
         progress = trainer.fit()
-        (train_dir / "history.json").write_text(json.dumps(progress.history, indent=1))
+        if self.dist.is_main:
+            (train_dir / "history.json").write_text(json.dumps(progress.history, indent=1))
         return StageResult(outputs={"config": str(train_dir / "config.yaml"),
                                     "checkpoints": str(ckpts.folder),
                                     "valid_best": str(ckpts.best_path)})
@@ -304,19 +336,37 @@ class Problem:
                              self.cfg.eval_batch, self.device)
 
     def evaluate(self, evaluate: dict, task, loader, eval_batch: int, device):
-        """→ (metrics, per-item table) from ``task.summarize`` over the batches."""
+        """→ (metrics, per-item table) from ``task.summarize`` over the batches.
+
+        Distributed: each rank runs its shard of every batch; the shards are gathered in the
+        one-process order, so metrics and tables equal a one-process evaluation's. Every rank
+        gets the metrics; the table is rank 0's only (None elsewhere).
+        """
+        batches = self.eval_batches(task, loader, eval_batch, device)
+        if self.dist.enabled:
+            batches = interleave(self.dist.gather(batches))
+            if not self.dist.is_main:
+                return self.dist.broadcast(None), None
+        outputs: dict[str, list] = {}
+        for batch in batches:
+            for key, value in batch.items():
+                outputs.setdefault(key, []).append(value)
+        metrics, table = task.summarize({k: concat(v) for k, v in outputs.items()})
+        return self.dist.broadcast(metrics), table
+
+    def eval_batches(self, task, loader, eval_batch: int, device) -> list[dict]:
+        """``task.eval_step`` of this process's batches (at most ``eval_batch`` of them)."""
         from tqdm import tqdm
 
         task.eval()
-        outputs: dict[str, list] = {}
         total = len(loader) if eval_batch < 0 else min(eval_batch, len(loader))
+        out = []
         for index, batch in enumerate(tqdm(loader, total=total, desc="evaluate", leave=False,
-                                           mininterval=1.0)):
+                                           mininterval=1.0, disable=not self.dist.is_main)):
             if index == total:
                 break
-            for key, value in task.eval_step(to_device(batch, device)).items():
-                outputs.setdefault(key, []).append(value)
-        return task.summarize({k: concat(v) for k, v in outputs.items()})
+            out.append(task.eval_step(to_device(batch, device)))
+        return out
 
     def chosen_checkpoints(self, cfg) -> dict[str, Path]:
         """name → checkpoint file: test_ckpt_dir, else test_ckpt_steps, else valid_best."""
@@ -355,13 +405,16 @@ class Problem:
                 loader = self.build_loader(trained, "test", csvs[split])
                 results.append(self.save_evaluation(task, loader, name, split, state))
         out = self.target_dir / "evaluate" / "results.json"
-        out.write_text(json.dumps(results, indent=1, default=str))
+        if self.dist.is_main:
+            out.write_text(json.dumps(results, indent=1, default=str))
         return StageResult(outputs={"results": str(out)})
 
     def save_evaluation(self, task, loader, ckpt_name: str, split: str, state: dict) -> dict:
         folder = self.target_dir / "evaluate" / ckpt_name / split
-        folder.mkdir(parents=True, exist_ok=True)
         metrics, table = self.evaluate_loader(task, loader)
+        if not self.dist.is_main:
+            return {}
+        folder.mkdir(parents=True, exist_ok=True)
         if table is not None:
             table.to_csv(folder / "predictions.csv", index=False)
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
@@ -407,6 +460,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def open_train_dir(train_dir: Path, fingerprint: str, cfg) -> None:
+    set_aside_foreign_run(train_dir, fingerprint)
+    cfglib.save_yaml(cfg, train_dir / "config.yaml")
+    (train_dir / "fingerprint").write_text(fingerprint)
+
+
 def set_aside_foreign_run(train_dir: Path, fingerprint: str) -> None:
     """Checkpoints of a differently configured run are moved aside, never resumed or lost."""
     marker = train_dir / "fingerprint"
@@ -422,6 +481,13 @@ def make_writer(folder: Path):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(folder / "tensorboard"))
+
+
+def interleave(per_rank: list[list]) -> list:
+    """Batch i of rank 0, of rank 1, ... then batch i+1: the one-process order, because rank r
+    holds slice r of each global batch (ranks run out of batches only at the end)."""
+    longest = max(len(batches) for batches in per_rank)
+    return [batches[i] for i in range(longest) for batches in per_rank if i < len(batches)]
 
 
 def concat(parts: list):

@@ -1,12 +1,17 @@
 """The training loop: steps, accumulation, clipping, validation, checkpoints, exact resume.
 
-A checkpoint is written only between optimisation steps, and holds everything the next step
-depends on: task (model) and optimizer and scheduler state, the step, the epoch and how many
-batches of it were consumed, the RNG states, and the best validation record. Resuming restores
-all of it, so an interrupted run continues as if it had not stopped.
+A checkpoint is written only between optimisation steps (so the gradient-accumulation phase is
+always 0), and holds everything the next step depends on: task (model) and optimizer and
+scheduler state, the step, the epoch and how many batches of it were consumed, every process's
+RNG states, the skipped-step counters and the best validation record. Resuming restores all of
+it, so a run killed at any point continues as if it had not stopped.
+
+Distributed: the task is wrapped in DistributedDataParallel; non-final micro-batches of a
+step skip the gradient all-reduce; only rank 0 writes checkpoints and logs.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -14,11 +19,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from framework.checkpoint import FORMAT, CheckpointDir, load_checkpoint
+from framework.distributed import Distributed
 from framework.errors import UserError
+from framework.faults import kill_point
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,7 @@ class TrainConfig:
     seed: int = 0
     keep_num_ckpts: int | None = None
     use_scheduler: bool = False
+    max_nonfinite_steps: int = 10
 
 
 @dataclass
@@ -50,6 +60,13 @@ class Progress:
     best_value: float | None = None
     best_step: int | None = None
     history: list = field(default_factory=list)
+    skipped_steps: int = 0      # updates skipped (non-finite loss or gradient, out of memory)
+    nonfinite_in_row: int = 0   # consecutive non-finite steps, checked against the limit
+    oom_in_row: int = 0
+
+
+class SkipStep(Exception):
+    """This step's update is skipped; the message says why (for the log)."""
 
 
 class Trainer:
@@ -62,22 +79,29 @@ class Trainer:
 
     def __init__(self, conf: TrainConfig, task, optimizer, scheduler, loader,
                  validate: Callable[[], dict], ckpts: CheckpointDir, device, meta: dict,
-                 writer=None):
+                 writer=None, dist: Distributed = Distributed()):
         self.conf, self.task, self.optimizer, self.scheduler = conf, task, optimizer, scheduler
         self.loader, self.validate, self.ckpts = loader, validate, ckpts
-        self.device, self.meta, self.writer = device, meta, writer
+        self.device, self.meta, self.writer, self.dist = device, meta, writer, dist
         self.progress = Progress()
         self.params = [p for p in task.parameters() if p.requires_grad]
+        self.forward = task
+        if dist.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.forward = DistributedDataParallel(task, device_ids=ids)
+        self.saved_step = 0
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> Progress:
         self.resume()
         bar = tqdm(total=self.conf.total_steps, initial=self.progress.step, desc="train",
-                   dynamic_ncols=True, mininterval=1.0)
+                   dynamic_ncols=True, mininterval=1.0, disable=not self.dist.is_main)
         losses, started = [], [time.time()]
         while self.progress.step < self.conf.total_steps:
             for batches in self.step_groups():
-                losses.append(self.optimizer_step(batches))
+                loss = self.optimizer_step(batches)
+                if math.isfinite(loss):
+                    losses.append(loss)
                 bar.update(1)
                 self.after_step(losses, started)
                 if self.progress.step >= self.conf.total_steps:
@@ -108,29 +132,84 @@ class Trainer:
                             "train.gradient_accumulate?); check the train manifest")
 
     def optimizer_step(self, batches: list[dict]) -> float:
+        """One update from ``batches`` (the micro-batches); returns the mean loss over all
+        processes, NaN when the update was skipped."""
         self.task.train()
-        total = 0.0
-        for batch in batches:
-            loss = self.task.train_step(to_device(batch, self.device))
-            (loss / len(batches)).backward()
-            total += loss.item() / len(batches)
-        if math.isfinite(total):
-            torch.nn.utils.clip_grad_norm_(self.params, self.conf.gradient_clipping)
+        self.progress.step += 1
+        try:
+            loss = self.accumulate(batches)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.conf.gradient_clipping)
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                self.nonfinite(batches, loss, float(grad_norm))
+            kill_point("step", self.progress.step)
             self.optimizer.step()
             if self.conf.use_scheduler:
                 self.scheduler.step()
-        else:
-            log.warning("step %d: non-finite loss, update skipped", self.progress.step + 1)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.progress.step += 1
+            self.progress.nonfinite_in_row = self.progress.oom_in_row = 0
+        except SkipStep as skip:
+            self.progress.skipped_steps += 1
+            log.warning("step %d: update skipped (%d skipped in all): %s", self.progress.step,
+                        self.progress.skipped_steps, skip)
+            loss = float("nan")
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def accumulate(self, batches: list[dict]) -> float:
+        """Forward and backward every micro-batch; the all-reduce runs on the last only."""
+        total = 0.0
+        for index, batch in enumerate(batches):
+            last = index == len(batches) - 1
+            skip_sync = self.dist.enabled and not last
+            with self.forward.no_sync() if skip_sync else contextlib.nullcontext():
+                try:
+                    loss = self.forward(to_device(batch, self.device))
+                    (loss / len(batches)).backward()
+                except torch.OutOfMemoryError:
+                    self.out_of_memory(batch)
+            total += loss.item() / len(batches)
+        if self.dist.enabled:  # every process must take the same decision about this step
+            mean = torch.tensor([total], dtype=torch.float64)
+            torch.distributed.all_reduce(mean)
+            total = mean.item() / self.dist.world_size
         return total
+
+    def nonfinite(self, batches: list[dict], loss: float, grad_norm: float) -> None:
+        progress, limit = self.progress, self.conf.max_nonfinite_steps
+        progress.nonfinite_in_row += 1
+        ids = batch_ids(batches)
+        if progress.nonfinite_in_row >= limit:
+            raise UserError(
+                f"step {progress.step}: {progress.nonfinite_in_row} steps in a row had a "
+                f"non-finite loss or gradient (loss {loss}, gradient norm {grad_norm}); last "
+                f"batch ids: {ids}. Lower build_optimizer.conf.lr or gradient_clipping, check "
+                f"those files, or raise train.max_nonfinite_steps ({limit}). The last "
+                f"checkpoint is intact.")
+        raise SkipStep(f"non-finite loss {loss} or gradient norm {grad_norm} "
+                       f"({progress.nonfinite_in_row} in a row); batch ids: {ids}")
+
+    def out_of_memory(self, batch: dict) -> None:
+        """Skip a batch that does not fit once; stop with advice if it keeps happening."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.progress.oom_in_row += 1
+        secs = batch["wav"].shape[-1] / 16000 if "wav" in batch else float("nan")
+        where = f"batch of {len(batch.get('id', []))} items, {secs:.1f} s padded; ids " \
+                f"{batch_ids([batch])}"
+        advice = ("reduce build_batch_sampler.train.batch_size or build_dataset.train.max_secs "
+                  "(raise train.gradient_accumulate to keep the effective batch)")
+        if self.dist.enabled or self.progress.oom_in_row > 1:
+            raise UserError(f"step {self.progress.step}: out of memory again ({where}); "
+                            f"{advice}. The last checkpoint is intact.")
+        raise SkipStep(f"out of memory on a {where}; {advice}")
 
     def after_step(self, losses: list[float], started: list[float]) -> None:
         step, conf = self.progress.step, self.conf
         if step % conf.log_step == 0:
-            mean = sum(losses) / len(losses)
+            mean = sum(losses) / len(losses) if losses else float("nan")
             log.info("step %d  loss %.4f  lr %.3g  %.1f steps/s", step, mean,
-                     self.optimizer.param_groups[0]["lr"], len(losses) / (time.time() - started[0]))
+                     self.optimizer.param_groups[0]["lr"], conf.log_step / (time.time() - started[0]))
             self.scalar("train/loss", mean)
             losses.clear()
             started[0] = time.time()
@@ -143,6 +222,7 @@ class Trainer:
     def run_validation(self) -> None:
         metrics = self.validate()
         step = self.progress.step
+        kill_point("validation", step)
         for name, value in metrics.items():
             if isinstance(value, (int, float)):
                 self.scalar(f"valid/{name}", value)
@@ -154,7 +234,8 @@ class Trainer:
                                                        if isinstance(v, (int, float))}})
         if value is not None and self.is_better(value):
             self.progress.best_value, self.progress.best_step = float(value), step
-            self.ckpts.save_best(self.state(full=False))
+            if self.dist.is_main:
+                self.ckpts.save_best(self.state())
             log.info("step %d  new valid_best %s=%.4f", step, self.conf.valid_metric, value)
 
     def is_better(self, value: float) -> bool:
@@ -164,34 +245,60 @@ class Trainer:
         return value > best if self.conf.valid_higher_better else value < best
 
     def save_step(self) -> None:
-        if self.progress.step and self.progress.step not in self.ckpts.steps():
-            self.ckpts.save_step(self.progress.step, self.state(full=True))
+        """A resumable checkpoint of this step (all ranks take part: RNG states are gathered)."""
+        if not self.progress.step or self.progress.step == self.saved_step:
+            return
+        rngs = self.dist.gather(rng_state())
+        if self.dist.is_main:
+            self.ckpts.save_step(self.progress.step, self.state(rngs))
+        self.saved_step = self.progress.step
 
-    def state(self, full: bool) -> dict:
+    def state(self, rngs: list | None = None) -> dict:
+        """Model state; with ``rngs`` (one per rank) the full resumable training state."""
         state = {"format": FORMAT, **self.meta, "task": self.task.trainable_state_dict(),
                  "progress": asdict(self.progress)}
-        if full:
+        if rngs is not None:
             state.update(optimizer=self.optimizer.state_dict(),
-                         scheduler=self.scheduler.state_dict(), rng=rng_state())
+                         scheduler=self.scheduler.state_dict(), rng=rngs)
         return state
 
     def resume(self) -> None:
         path = self.conf.resume_ckpt_dir or (self.ckpts.latest() if self.conf.auto_resume
                                              else None)
         if path is None:
-            seed_everything(self.conf.seed)
+            # per-rank streams: processes must not draw identical dropout masks or crops
+            seed_everything(self.conf.seed + self.dist.rank)
             return
         state = load_checkpoint(path, self.meta["problem"])
+        if "optimizer" not in state:
+            raise UserError(f"{path} holds model weights only (valid_best); resume from a "
+                            f"step-*.pt checkpoint")
         self.task.load_trainable_state_dict(state["task"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.progress = Progress(**state["progress"])
-        set_rng_state(state["rng"])
+        self.saved_step = self.progress.step
+        self.restore_rng(state["rng"], path)
         log.info("resumed from %s at step %d", path, self.progress.step)
+
+    def restore_rng(self, rngs: list, path) -> None:
+        if len(rngs) == self.dist.world_size:
+            set_rng_state(rngs[self.dist.rank])
+            return
+        log.warning("%s was written by %d processes, this run has %d: random streams restart "
+                    "from the seed, so the result will not be bitwise that of an unbroken run",
+                    path, len(rngs), self.dist.world_size)
+        seed_everything(self.conf.seed + self.dist.rank + self.progress.step)
 
     def scalar(self, name: str, value: float) -> None:
         if self.writer is not None:
             self.writer.add_scalar(name, value, self.progress.step)
+
+
+def batch_ids(batches: list[dict], shown: int = 8) -> str:
+    ids = [i for batch in batches for i in batch.get("id", [])]
+    more = f" (+{len(ids) - shown} more)" if len(ids) > shown else ""
+    return ", ".join(map(str, ids[:shown])) + more
 
 
 def to_device(batch: dict, device) -> dict:
@@ -200,12 +307,17 @@ def to_device(batch: dict, device) -> dict:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed every global generator: Python's, NumPy's legacy one and torch's (CPU and CUDA)."""
     random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    """Every global generator's state, as types a weights-only checkpoint can hold."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -215,5 +327,7 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -54,10 +54,13 @@ def environment() -> dict:
             "packages": versions}
 
 
-def setup_logging(target_dir: Path | None, verbose: bool = True) -> None:
-    """Concise console log plus ``<target_dir>/log.txt``; replaces handlers of earlier runs."""
+def setup_logging(target_dir: Path | None, verbose: bool = True, rank: int | None = None) -> None:
+    """Concise console log plus ``<target_dir>/log.txt``; replaces handlers of earlier runs.
+
+    ``rank`` (distributed runs): ranks other than 0 write no file and only warnings, tagged.
+    """
     logger = logging.getLogger("framework")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if not rank else logging.WARNING)
     for handler in list(logger.handlers):
         if getattr(handler, "_framework", False):
             logger.removeHandler(handler)
@@ -65,8 +68,9 @@ def setup_logging(target_dir: Path | None, verbose: bool = True) -> None:
     handlers = [logging.StreamHandler(sys.stderr)] if verbose else []
     if target_dir is not None:
         handlers.append(logging.FileHandler(target_dir / "log.txt"))
+    tag = f"[rank {rank}] " if rank is not None else ""
     for handler in handlers:
-        handler.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
+        handler.setFormatter(logging.Formatter(tag + LOG_FORMAT, "%H:%M:%S"))
         handler._framework = True
         logger.addHandler(handler)
     logger.propagate = False

@@ -15,6 +15,10 @@ class Task(nn.Module):
         super().__init__()
         self.model = model
 
+    def forward(self, batch: dict) -> torch.Tensor:
+        """The training loss: what DistributedDataParallel wraps and synchronises."""
+        return self.train_step(batch)
+
     def train_step(self, batch: dict) -> torch.Tensor:
         """The scalar loss of one batch (the trainer does backward and the update)."""
         raise NotImplementedError
