@@ -119,9 +119,6 @@ def start(shape: Distributed, device: torch.device, backend: str, timeout_s: flo
         torch.cuda.set_device(device)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
-    log.info("rank %d/%d joining %s process group at %s:%s (%d CPU threads)", shape.rank,
-             shape.world_size, backend, os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"],
-             threads)
     try:
         dist.init_process_group(backend, rank=shape.rank, world_size=shape.world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
@@ -129,6 +126,12 @@ def start(shape: Distributed, device: torch.device, backend: str, timeout_s: flo
         raise UserError(f"rank {shape.rank}: could not join the process group at "
                         f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within "
                         f"dist_timeout={timeout_s:g} s: {err}") from err
+
+
+def describe(shape: Distributed) -> str:
+    return (f"{shape.world_size} processes, backend {dist.get_backend()}, "
+            f"{torch.get_num_threads()} CPU threads each, master "
+            f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}")
 
 
 def stop(shape: Distributed) -> None:

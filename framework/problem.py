@@ -143,6 +143,8 @@ class Problem:
         self.dist.on_main(self.open_target_dir, "setting up target_dir")
         workspace.setup_logging(self.target_dir if self.dist.is_main else None,
                                 rank=self.dist.rank if self.dist.enabled else None)
+        if self.dist.enabled:
+            log.info("distributed run: %s", distributed.describe(self.dist))
         self.book = StageBook(self.target_dir)
         start, stop = stage_index(cfg.start, 0), stage_index(cfg.stop, len(STAGES) - 1)
         # earlier stages must exist and chain together: later stages use their outputs
