@@ -1,4 +1,5 @@
-"""A training run killed with SIGKILL resumes from its last checkpoint to the same result."""
+"""A training run killed with SIGKILL at any point resumes to the result of an unbroken run:
+bitwise-equal parameters, validation history and best checkpoint (CPU, fixed seed)."""
 from __future__ import annotations
 
 import json
@@ -31,6 +32,14 @@ def checkpointed_steps(target_dir) -> list[int]:
         return []
 
 
+# Where the injected kills land (framework/faults.py), in the order the chained run meets them.
+KILL_POINTS = (
+    ("step@50", 40),                      # mid-step: after backward, before the update
+    ("validation@80", 60),                # mid-validation: metrics computed, nothing recorded
+    ("checkpoint@step-00000100.pt", 80),  # mid-write: temp file on disk, not yet renamed
+)
+
+
 def kill_after_checkpoint(command, target_dir, step: int) -> None:
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -45,17 +54,31 @@ def final_state(target_dir) -> dict:
     return torch.load(target_dir / "train/checkpoints/step-00000120.pt", weights_only=True)
 
 
-def test_killed_run_resumes_to_the_same_parameters_and_metrics(tmp_path, corpus):
+def run_killed_at(command, point: str) -> None:
+    env = {**os.environ, "SPEECH_RECIPES_KILL_AT": point}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+
+def test_killed_runs_resume_to_the_same_parameters_and_metrics(tmp_path, corpus):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(train_command(straight, corpus), check=True, capture_output=True)
-    kill_after_checkpoint(train_command(killed, corpus), killed, step=40)
-    assert 120 not in checkpointed_steps(killed)
-    resumed = subprocess.run(train_command(killed, corpus), capture_output=True, text=True)
+    command = train_command(killed, corpus)
+    kill_after_checkpoint(command, killed, step=40)  # a kill from outside, at any moment
+    for point, resumes_from in KILL_POINTS:
+        run_killed_at(command, point)
+        assert max(checkpointed_steps(killed)) == resumes_from, point
+    leftovers = list((killed / "train/checkpoints").glob(".step-00000100.pt.tmp*"))
+    assert leftovers, "the mid-write kill should leave its temp file behind"
+    resumed = subprocess.run(command, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in resumed.stderr
+    assert "resumed from" in resumed.stderr and "step-00000080.pt" in resumed.stderr
     expected, got = final_state(straight), final_state(killed)
     assert expected["task"].keys() == got["task"].keys()
     for name, tensor in expected["task"].items():
         assert torch.equal(tensor, got["task"][name]), name
     assert expected["progress"]["history"] == got["progress"]["history"]
     assert expected["progress"]["best_step"] == got["progress"]["best_step"]
+    best = [torch.load(d / "train/checkpoints/valid_best.pt", weights_only=True)["task"]
+            for d in (straight, killed)]
+    assert all(torch.equal(best[0][k], best[1][k]) for k in best[0])

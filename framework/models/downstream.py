@@ -28,3 +28,7 @@ class MeanLinear(nn.Module):
 
     def forward(self, features: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         return self.classify(masked_mean(self.project(features), lens))
+
+
+# The speaker-embedding heads register themselves in DOWNSTREAMS (after it exists above).
+from framework.models import speaker  # noqa: E402,F401
