@@ -25,7 +25,7 @@ class UtteranceClassification(Problem):
     def load_encoder(self, path):
         return CategoryEncoder.load(path)
 
-    def model_output_size(self, encoder) -> int:
+    def model_output_size(self, encoder, cfg) -> int:
         return len(encoder)
 
     def build_dataset(self, build_dataset, target_dir, cache_dir, mode, data_csv,

@@ -196,21 +196,29 @@ class Problem:
 
     # -- stage 0 and 1 ----------------------------------------------------------------------------
     def stage_prepare_data(self, cfg) -> StageResult:
-        data_dir = self.target_dir / "data"
-        data_dir.mkdir(exist_ok=True)
-        excluded = data_dir / "excluded.csv"
-        excluded.unlink(missing_ok=True)
-        manifests = self.prepare_data(cfglib.to_plain(cfg.prepare_data), data_dir,
+        manifests = self.prepare_data(cfglib.to_plain(cfg.prepare_data), self.fresh_data_dir(),
                                       self.cache_dir, get_path_only=False)
         for split, csv in manifests.items():
-            result = screen_manifest(csv, excluded, num_workers=max(1, cfg.num_workers),
-                                     desc=f"check {split} audio")
-            log.info("%s: %d files kept, %d excluded", split, result.kept, result.excluded)
-            if result.excluded:
-                log.warning("%d unusable audio files are listed with reasons in %s",
-                            result.excluded, excluded)
-        outputs = {f"{split}_csv": str(Path(csv).resolve()) for split, csv in manifests.items()}
-        return StageResult(outputs=outputs)
+            self.screen(split, csv)
+        return StageResult(outputs=manifest_outputs(manifests))
+
+    def fresh_data_dir(self) -> Path:
+        """``target_dir/data``, with no excluded-audio list left from an earlier run."""
+        data_dir = self.target_dir / "data"
+        data_dir.mkdir(exist_ok=True)
+        (data_dir / "excluded.csv").unlink(missing_ok=True)
+        return data_dir
+
+    def screen(self, name: str, csv: Path) -> None:
+        """Check every file of a manifest (``wav_path``); unusable ones leave the manifest
+        for ``data/excluded.csv`` with the reason; a ``duration`` column is added."""
+        excluded = self.target_dir / "data" / "excluded.csv"
+        result = screen_manifest(csv, excluded, num_workers=max(1, self.cfg.num_workers),
+                                 desc=f"check {name} audio")
+        log.info("%s: %d files kept, %d excluded", name, result.kept, result.excluded)
+        if result.excluded:
+            log.warning("%d unusable audio files are listed with reasons in %s",
+                        result.excluded, excluded)
 
     def prepare_data(self, prepare_data: dict, target_dir: Path, cache_dir: Path,
                      get_path_only: bool = False) -> dict[str, Path]:
@@ -300,7 +308,7 @@ class Problem:
     def build_model_and_task(self, cfg):
         encoder = self.load_encoder(self.artifact("build_encoder", "encoder"))
         model = self.build_model(cfglib.to_plain(cfg.build_model), self.model_output_size(
-            encoder), cfglib.to_plain(cfg.build_upstream), cfglib.to_plain(
+            encoder, cfg), cfglib.to_plain(cfg.build_upstream), cfglib.to_plain(
             cfg.build_featurizer), cfglib.to_plain(cfg.build_downstream))
         return self.build_task(cfglib.to_plain(cfg.build_task), model, encoder).to(self.device)
 
@@ -316,9 +324,8 @@ class Problem:
         scheduler = self.build_scheduler(cfglib.to_plain(cfg.build_scheduler), optimizer)
         csvs = self.manifests()
         train_loader = self.build_loader(cfg, "train", csvs["train"])
-        valid_loader = self.build_loader(cfg, "valid", csvs["valid"])
         trainer = Trainer(TrainConfig(**cfglib.to_plain(cfg.train)), task, optimizer, scheduler,
-                          train_loader, lambda: self.evaluate_loader(task, valid_loader)[0],
+                          train_loader, self.build_validation(cfg, task),
                           ckpts, self.device, self.checkpoint_meta(cfg),
                           make_writer(train_dir) if self.dist.is_main else None, self.dist)
         progress = trainer.fit()
@@ -327,6 +334,12 @@ class Problem:
         return StageResult(outputs={"config": str(train_dir / "config.yaml"),
                                     "checkpoints": str(ckpts.folder),
                                     "valid_best": str(ckpts.best_path)})
+
+    def build_validation(self, cfg, task):
+        """A function of no arguments returning the validation metrics (called by the
+        trainer every ``eval_step``): by default the task evaluated on the valid manifest."""
+        loader = self.build_loader(cfg, "valid", self.manifests()["valid"])
+        return lambda: self.evaluate_loader(task, loader)[0]
 
     def checkpoint_meta(self, cfg) -> dict:
         return {"problem": self.problem_name(), "config": cfglib.to_plain(cfg)}
@@ -444,7 +457,8 @@ class Problem:
     def load_encoder(self, path: Path):
         raise NotImplementedError
 
-    def model_output_size(self, encoder) -> int:
+    def model_output_size(self, encoder, cfg) -> int:
+        """The model's output size (classes, or embedding size) under config ``cfg``."""
         raise NotImplementedError
 
     def build_task(self, build_task: dict, model, encoder):
@@ -483,6 +497,11 @@ def make_writer(folder: Path):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(folder / "tensorboard"))
+
+
+def manifest_outputs(manifests: dict) -> dict[str, str]:
+    """Stage outputs naming each manifest: ``{"<split>_csv": absolute path}``."""
+    return {f"{split}_csv": str(Path(csv).resolve()) for split, csv in manifests.items()}
 
 
 def interleave(per_rank: list[list]) -> list:

@@ -17,8 +17,9 @@ from framework.audio.io import read_audio
 
 def read_manifest(csv_path) -> pd.DataFrame:
     """Load a manifest with string ids/labels (never parse "no" or "01" as other types)."""
-    return pd.read_csv(csv_path, dtype={"id": str, "label": str, "speaker": str,
-                                        "utterance": str}, keep_default_na=False,
+    return pd.read_csv(csv_path, dtype={"id": str, "label": str, "speaker": str, "spk": str,
+                                        "id1": str, "id2": str, "utterance": str},
+                       keep_default_na=False,
                        na_values={"start": [""], "end": [""], "duration": [""]})
 
 
@@ -59,25 +60,32 @@ class AudioDataset(Dataset):
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> dict:
-        if self.cache is not None:
-            wav = self.cache.get(index, self.crop_offset(index), self.max_frames)
-        else:
-            wav = read_audio(self.paths[index], self.starts[index], self.ends[index],
-                             self.sample_rate, self.max_frames, self.crop_offset(index))
-        item = {"id": self.ids[index], "wav": wav}
+        item = {"id": self.ids[index],
+                "wav": self.window(index, self.crop_offset(index), self.max_frames)}
         if self.labels is not None:
             item["label"] = self.labels[index]
         return item
 
+    def window(self, index: int, offset: int | None, frames: int | None) -> torch.Tensor:
+        """Samples ``[offset, offset + frames)`` of item ``index`` (None: from the start /
+        to the end) as a float tensor (T,); only that window is read."""
+        if self.cache is not None:
+            return self.cache.get(index, offset, frames)
+        return read_audio(self.paths[index], self.starts[index], self.ends[index],
+                          self.sample_rate, frames, offset)
+
+    def num_frames(self, index: int) -> int | None:
+        """Length of item ``index`` in samples, when known without reading it."""
+        if self.cache is not None:
+            return int(self.cache.index[index][1])
+        if self.durations[index] is not None:
+            return int(self.durations[index] * self.sample_rate)
+        return None
+
     def crop_offset(self, index: int) -> int | None:
         """First frame of the window to read (None: from the start)."""
-        if self.max_frames is None:
-            return None
-        if self.cache is not None:
-            frames = int(self.cache.index[index][1])
-        elif self.durations[index] is not None:
-            frames = int(self.durations[index] * self.sample_rate)
-        else:
+        frames = self.num_frames(index)
+        if self.max_frames is None or frames is None:
             return None
         spare = frames - self.max_frames
         if spare <= 0:

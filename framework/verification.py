@@ -1,0 +1,243 @@
+"""The speaker-verification family (ASV): speaker embeddings scored over trial lists.
+
+Manifests (stage 0): ``train`` (``id, wav_path, spk, duration``) and, per trial list, the
+trials (``id1, id2, wav_path1, wav_path2, label``) plus ``<split>_utts`` (``id, wav_path,
+duration``: each utterance of the list once). ``valid`` trials come from held-out training
+speakers: checkpoints are chosen on them, never on a test list.
+
+Evaluation embeds every utterance once (not once per trial), in bounded-length windows, keeps
+the embeddings on disk per checkpoint (a second evaluation reuses them), scores all trials as
+one cosine operation, optionally AS-normalised against training-speaker embeddings, and
+reports EER and minDCF (p_target 0.01, 0.05).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from framework import config as cfglib
+from framework.audio.dataset import AudioDataset, read_manifest
+from framework.audio.segments import WindowDataset, collate_windows
+from framework.checkpoint import load_checkpoint
+from framework.embedding_store import EmbeddingStore
+from framework.encoder import CategoryEncoder
+from framework.errors import ConfigError
+from framework.metrics.verification import as_norm, cosine_scores, verification_metrics
+from framework.problem import Problem, manifest_outputs
+from framework.report.verification import best_by_valid_eer, write_verification_report
+from framework.stages import StageResult, file_digest
+from framework.tasks.verification import SpeakerVerificationTask
+
+log = logging.getLogger("framework.verification")
+
+
+class SpeakerVerification(Problem):
+    """Speaker embeddings trained by speaker classification, evaluated on trial lists."""
+
+    # -- stage 0 ---------------------------------------------------------------------------
+    def stage_prepare_data(self, cfg) -> StageResult:
+        data_dir = self.fresh_data_dir()
+        manifests = self.prepare_data(cfglib.to_plain(cfg.prepare_data), data_dir,
+                                      self.cache_dir, get_path_only=False)
+        self.screen("train", manifests["train"])
+        outputs = {"train": manifests["train"]}
+        for split, trials in manifests.items():
+            if split == "train":
+                continue
+            utts = write_trial_utterances(trials, data_dir / f"{split}_utts.csv")
+            self.screen(f"{split} utterances", utts)
+            drop_unusable_trials(trials, utts, split)
+            outputs.update({split: trials, f"{split}_utts": utts})
+        return StageResult(outputs=manifest_outputs(outputs))
+
+    def trial_splits(self) -> list[str]:
+        return [s for s in self.manifests() if s != "train" and not s.endswith("_utts")]
+
+    # -- stage 1 and model -------------------------------------------------------------------
+    def build_encoder(self, build_encoder, target_dir, cache_dir, train_csv, valid_csv,
+                      test_csvs):
+        speakers = read_manifest(train_csv)["spk"]
+        return CategoryEncoder.from_labels(speakers).save(Path(target_dir) / "encoder.json")
+
+    def load_encoder(self, path):
+        return CategoryEncoder.load(path)
+
+    def model_output_size(self, encoder, cfg) -> int:
+        return cfg.build_downstream.embedding_size
+
+    def build_task(self, build_task, model, encoder):
+        return SpeakerVerificationTask(model, len(encoder), model.downstream.output_size,
+                                       **build_task)
+
+    # -- data --------------------------------------------------------------------------------
+    def build_dataset(self, build_dataset, target_dir, cache_dir, mode, data_csv, encoder_path):
+        """Training: random crops of at most ``max_secs`` with speaker labels, utterances
+        under ``min_secs`` dropped. Otherwise: whole utterances as ``chunk_secs`` windows."""
+        manifest = read_manifest(data_csv)
+        cache = cache_dir if build_dataset["cache_waveforms"] else None
+        rate = build_dataset["sample_rate"]
+        if mode != "train":
+            utterances = AudioDataset(manifest, sample_rate=rate, cache_dir=cache)
+            return WindowDataset(utterances, build_dataset["test"]["chunk_secs"])
+        conf = build_dataset["train"]
+        if conf.get("min_secs"):
+            short = manifest["duration"] < conf["min_secs"]
+            log.info("train: %d utterances shorter than min_secs=%s s dropped, %d kept",
+                     int(short.sum()), conf["min_secs"], int((~short).sum()))
+            manifest = manifest[~short]
+        encoder = self.load_encoder(encoder_path)
+        return AudioDataset(manifest, encoder.index, rate, conf.get("max_secs"), "random",
+                            seed=self.cfg.train.seed, label_column="spk", cache_dir=cache)
+
+    def build_collate_fn(self, build_collate_fn, mode):
+        return super().build_collate_fn(build_collate_fn, mode) if mode == "train" \
+            else collate_windows
+
+    # -- embeddings and scores ---------------------------------------------------------------
+    def embed(self, cfg, task, utts_csv) -> np.ndarray | None:
+        """Embeddings (N, E) of a manifest's utterances in row order (rank 0; None on others)."""
+        _, embeddings = self.evaluate_loader(task, self.build_loader(cfg, "test", utts_csv))
+        return embeddings
+
+    def build_validation(self, cfg, task):
+        """Validation EER/minDCF on the held-out speakers' trials (every ``eval_step``)."""
+        csvs = self.manifests()
+        loader = self.build_loader(cfg, "test", csvs["valid_utts"])
+
+        def validate() -> dict:
+            _, embeddings = self.evaluate_loader(task, loader)
+            metrics = None
+            if self.dist.is_main:
+                scores = score_trials(csvs["valid"], csvs["valid_utts"], embeddings)
+                metrics = verification_metrics(scores["score"], scores["label"])
+            return self.dist.broadcast(metrics)
+        return validate
+
+    def stored_embeddings(self, cfg, task, ckpt: Path, name: str, utts_csv: Path) -> np.ndarray:
+        """``embed`` once per (checkpoint, manifest, settings); later calls read the disk."""
+        key = {"checkpoint": file_digest(ckpt), "manifest": file_digest(utts_csv),
+               "settings": {s: cfglib.to_plain(cfg[s]) for s in ("build_dataset",
+                                                                 "build_upstream",
+                                                                 "build_featurizer",
+                                                                 "build_downstream")}}
+        store = EmbeddingStore(self.target_dir / "evaluate" / "embeddings" / ckpt.stem / name)
+        embeddings = self.dist.on_main(lambda: store.load(key), "reading stored embeddings")
+        if embeddings is not None:
+            log.info("%s: reusing the stored embeddings of %s", name, ckpt.name)
+            return embeddings
+        embeddings = self.embed(cfg, task, utts_csv)
+        if self.dist.is_main:
+            store.save(key, embeddings)
+        return embeddings
+
+    # -- stage 3 -----------------------------------------------------------------------------
+    def stage_evaluate(self, cfg) -> StageResult:
+        trained = self.trained_config()
+        task = self.build_model_and_task(trained)
+        splits = self.evaluated_splits(cfg)
+        results = []
+        for name, path in self.chosen_checkpoints(cfg).items():
+            state = load_checkpoint(path, self.problem_name())
+            task.load_trainable_state_dict(state["task"])
+            cohort = self.cohort(cfg, trained, task, path)
+            for split in splits:
+                record = self.evaluate_trials(trained, task, path, name, split, cohort)
+                results.append({**record, "step": state["progress"]["step"]})
+        out = self.target_dir / "evaluate" / "results.json"
+        if self.dist.is_main:
+            out.write_text(json.dumps(results, indent=1))
+        return StageResult(outputs={"results": str(out)})
+
+    def evaluated_splits(self, cfg) -> list[str]:
+        available = self.trial_splits()
+        wanted = ["valid"] + [s for s in cfg.evaluate.splits if s != "valid"]
+        unknown = [s for s in wanted if s not in available]
+        if unknown:
+            raise ConfigError(f"evaluate.splits: no trial list {unknown}; have "
+                              f"{', '.join(available)} (add lists with prepare_data.trial_lists)")
+        return wanted
+
+    def evaluate_trials(self, cfg, task, ckpt, name, split, cohort) -> dict:
+        csvs = self.manifests()
+        embeddings = self.stored_embeddings(cfg, task, ckpt, split, csvs[f"{split}_utts"])
+        if not self.dist.is_main:
+            return {}
+        scores = score_trials(csvs[split], csvs[f"{split}_utts"], embeddings, cohort,
+                              self.cfg.evaluate.as_norm.top_k)
+        metrics = verification_metrics(scores["score"], scores["label"])
+        folder = self.target_dir / "evaluate" / name / split
+        folder.mkdir(parents=True, exist_ok=True)
+        scores.to_csv(folder / "scores.csv", index=False)
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        log.info("%s on %s: EER %.2f%%  minDCF0.01 %.4f  minDCF0.05 %.4f  (%d trials)", name,
+                 split, 100 * metrics["eer"], metrics["min_dcf_0.01"], metrics["min_dcf_0.05"],
+                 metrics["n_trials"])
+        return {"checkpoint": name, "split": split, "metrics": metrics,
+                "scores_csv": str(folder / "scores.csv"),
+                "metrics_json": str(folder / "metrics.json")}
+
+    def cohort(self, cfg, trained, task, ckpt) -> np.ndarray | None:
+        """AS-norm cohort: one mean embedding per training speaker (None when disabled)."""
+        conf = cfg.evaluate.as_norm
+        if not conf.enabled:
+            return None
+        utts_csv = self.target_dir / "evaluate" / "cohort_utts.csv"
+        if self.dist.is_main:
+            write_cohort(self.manifests()["train"], utts_csv, conf.utterances_per_speaker)
+        self.dist.barrier()
+        embeddings = self.stored_embeddings(trained, task, ckpt, "cohort", utts_csv)
+        if not self.dist.is_main:
+            return None
+        speakers = read_manifest(utts_csv)["spk"].to_numpy()
+        return np.stack([embeddings[speakers == s].mean(0) for s in np.unique(speakers)])
+
+    # -- stage 4 -----------------------------------------------------------------------------
+    def report(self, report, results, report_dir):
+        best_name = best_by_valid_eer(results)
+        best = next(r for r in results if r["checkpoint"] == best_name and r["split"] == "valid")
+        return write_verification_report(report_dir, results, best, type(self).__name__)
+
+
+def write_trial_utterances(trials_csv, out_csv) -> Path:
+    """Each utterance of a trial list once: ``id, wav_path`` (sorted by id)."""
+    trials = read_manifest(trials_csv)
+    utts = pd.concat([trials[["id1", "wav_path1"]].set_axis(["id", "wav_path"], axis=1),
+                      trials[["id2", "wav_path2"]].set_axis(["id", "wav_path"], axis=1)])
+    utts.drop_duplicates("id").sort_values("id").to_csv(out_csv, index=False)
+    return Path(out_csv)
+
+
+def drop_unusable_trials(trials_csv, utts_csv, split: str) -> None:
+    """Remove (in place) trials naming an utterance that stage-0 screening excluded."""
+    trials, kept = read_manifest(trials_csv), set(read_manifest(utts_csv)["id"])
+    usable = trials["id1"].isin(kept) & trials["id2"].isin(kept)
+    if not usable.all():
+        log.warning("%s: %d of %d trials dropped: they name unusable audio (data/excluded.csv)",
+                    split, int((~usable).sum()), len(trials))
+        trials[usable].to_csv(trials_csv, index=False)
+
+
+def write_cohort(train_csv, out_csv, per_speaker: int) -> Path:
+    """Up to ``per_speaker`` utterances of every training speaker (first by id)."""
+    train = read_manifest(train_csv).sort_values("id")
+    cohort = train.groupby("spk", sort=True).head(per_speaker)
+    cohort[["id", "wav_path", "spk", "duration"]].to_csv(out_csv, index=False)
+    return Path(out_csv)
+
+
+def score_trials(trials_csv, utts_csv, embeddings, cohort=None, top_k: int = 300
+                 ) -> pd.DataFrame:
+    """``id1, id2, label, score`` for every trial: cosine of the two embeddings (rows of
+    ``embeddings`` follow ``utts_csv``), AS-normalised when a ``cohort`` (C, E) is given."""
+    trials = read_manifest(trials_csv)
+    row = {utt: i for i, utt in enumerate(read_manifest(utts_csv)["id"])}
+    index1, index2 = trials["id1"].map(row).to_numpy(), trials["id2"].map(row).to_numpy()
+    scores = cosine_scores(embeddings, index1, index2)
+    if cohort is not None:
+        scores = as_norm(scores, embeddings, index1, index2, cohort, top_k)
+    return pd.DataFrame({"id1": trials["id1"], "id2": trials["id2"],
+                         "label": trials["label"].astype(int), "score": scores})
