@@ -4,6 +4,8 @@ Demos and tests run the real corpus parsers on these folders, so nothing is down
 
     python -m corpora.synthesize speech_commands OUT_DIR [--speakers N] [--seed S]
         [--version v0.01|v0.02|both] [--noise-secs F]
+    python -m corpora.synthesize voxceleb1 OUT_DIR [--speakers 16] [--test-speakers 8]
+        [--videos 3] [--utterances 4] [--min-secs 2.0] [--max-secs 5.0] [--seed S]
 
 A corpus is one entry of :data:`SYNTHESIZERS` (name → :class:`Synthesizer`); each entry
 becomes a subcommand. Output is deterministic for a given seed. Audio is 16 kHz mono
@@ -14,6 +16,15 @@ mel-spaced grid; two words share at most one band) excited by a harmonic source,
 mean-pooled log-mel feature separates the words. Speakers differ in pitch (90–250 Hz), shift their formants by up to
 ±4 % and differ in loudness; each clip varies onset, length (0.7–1.0 s) and background
 noise (10–25 dB SNR). ``_silence_`` is noise about 14 dB below a word's level.
+
+VoxCeleb1 audio: utterances are random sequences of 60–180 ms "phones" (12 vowels with
+three formants on a harmonic comb, 4 fricatives; the same inventory for every speaker and
+seed), so content changes from clip to clip. A speaker keeps a voice: a pitch (85–255 Hz)
+and a vocal-tract factor (formants ×0.88–1.14) from grids, and a colour, ±7.5 dB in six
+half-octave bands, that differs from every other speaker's by at least 5 grid steps. Each
+video is a recording session with its own channel (±1 dB/octave tilt, ±3 dB bumps, low cut)
+and pink-to-brown noise at 15–30 dB SNR, so same-speaker trials across videos are not
+trivial. The default corpus (24 speakers, 288 clips of 2–5 s) takes about 1 s on 2 cores.
 """
 from __future__ import annotations
 
@@ -22,6 +33,7 @@ import hashlib
 import io
 import itertools
 import shutil
+import string
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +45,7 @@ import soundfile
 
 from corpora.speech_commands import (NOISE_DIR, SILENCE, SUPERB_WORDS, TEST_LIST, UNKNOWN,
                                      VALID_LIST, WORDS_V1, WORDS_V2)
+from corpora.voxceleb1 import IDEN_SPLIT_FILE, META_FILE, META_HEADER, TEST_SPEAKERS
 
 SAMPLE_RATE = 16000
 _MARKER = "Synthetic corpus written by corpora.synthesize"
@@ -378,6 +391,377 @@ def _speech_commands_run(args: argparse.Namespace) -> dict[str, Path]:
                                       args.noise_secs, args.utterances_per_word)
 
 
+# ---------------------------------------------------------------- VoxCeleb1
+
+_VOX_ROOTS = {"dev_root": "vox1_dev_wav", "test_root": "vox1_test_wav"}
+_VOX_F0 = np.exp(np.linspace(np.log(85), np.log(255), 8))  # speaker pitch grid, Hz
+_VOX_TRACT = np.linspace(0.88, 1.14, 5)  # vocal-tract grid: a factor on every formant
+_VOX_BANDS = _mel_spaced(250, 5000, 6)  # centres of the speaker-colour bands, Hz
+_VOX_BAND_DB = np.linspace(-7.5, 7.5, 5)  # the gain levels of those bands
+_VOX_MIN_STEPS = 5  # least colour difference between two speakers, in band-level steps
+_VOX_SEGMENT = 4096  # samples rendered per phone: the longest phone plus both fades
+_VOX_FADE = 240  # half of the 30-ms cross-fade between consecutive phones, samples
+_VOX_PHONE_SECS = (0.06, 0.18)
+_VOX_PARTNERS = 2  # target and non-target trials per test utterance
+_VOX_CHUNK = 64  # utterances rendered together (bounds memory on large corpora)
+_YOUTUBE_ALPHABET = np.array(list(string.ascii_letters + string.digits + "-_"))
+_VOX_LISTS = (META_FILE, IDEN_SPLIT_FILE, "veri_test2.txt", "veri_test.txt")
+_NATIONALITIES = ("USA", "UK", "India", "Canada", "Ireland", "Australia", "Germany", "Norway")
+
+
+@dataclass(frozen=True)
+class Voices:
+    """Speakers' stable traits: grid cells, any two audibly different (:func:`make_voices`)."""
+    ids: list[str]
+    f0: np.ndarray  # Hz
+    tract: np.ndarray  # formant factor
+    band_db: np.ndarray  # (N, bands) gain of each colour band, dB
+
+
+@dataclass(frozen=True)
+class _Utterance:
+    path: Path
+    speaker: int  # index into Voices
+    video: int  # index of the recording session: its channel
+    samples: int
+
+
+def voxceleb1_speaker_ids(dev: int, test: int) -> tuple[list[str], list[str]]:
+    """Dev ids from id10001 upward around the test block; test ids from id10270."""
+    if not 0 <= test <= len(TEST_SPEAKERS):
+        raise ValueError(f"test_speakers={test}: VoxCeleb1 has {len(TEST_SPEAKERS)} at most")
+    dev_ids = (f"id{n}" for n in itertools.count(10001) if f"id{n}" not in TEST_SPEAKERS)
+    return list(itertools.islice(dev_ids, dev)), list(TEST_SPEAKERS[:test])
+
+
+def make_voices(rng: np.random.Generator, ids: list[str]) -> Voices:
+    """Draw a grid cell per speaker: (pitch, vocal tract, one level per colour band).
+
+    A cell is kept when its colour levels differ from every kept cell's by at least
+    :data:`_VOX_MIN_STEPS` grid steps in all (pitch and tract barely move a mean spectrum, so
+    they do not count); after 1000 refused draws the last one is kept (very large counts).
+    """
+    levels = np.array([_VOX_F0.size, _VOX_TRACT.size] + [_VOX_BAND_DB.size] * _VOX_BANDS.size)
+    kept = np.empty((0, levels.size), dtype=int)
+    while len(kept) < len(ids):
+        for _ in range(1000):
+            cell = rng.integers(0, levels)
+            if not len(kept) or np.abs(kept[:, 2:] - cell[2:]).sum(1).min() >= _VOX_MIN_STEPS:
+                break
+        kept = np.vstack([kept, cell])
+    return Voices(list(ids), _VOX_F0[kept[:, 0]], _VOX_TRACT[kept[:, 1]],
+                  _VOX_BAND_DB[kept[:, 2:]])
+
+
+def phone_inventory() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(formants (P, 3) Hz, amplitudes (P, 3), voiced (P,))`` of 12 vowels, 4 fricatives.
+
+    The same for every seed and every speaker: phones carry the content, not the voice.
+    """
+    rng = np.random.default_rng(19930611)
+    vowels = np.stack([rng.uniform(300, 850, 12), rng.uniform(900, 2300, 12),
+                       rng.uniform(2400, 3300, 12)], axis=1)
+    fricatives = np.sort(rng.uniform(2500, 7000, (4, 3)), axis=1)
+    vowel_amps = np.stack([np.ones(12), rng.uniform(0.4, 0.9, 12),
+                           rng.uniform(0.2, 0.6, 12)], axis=1)
+    return (np.vstack([vowels, fricatives]), np.vstack([vowel_amps, rng.uniform(0.5, 1, (4, 3))]),
+            np.arange(16) < 12)
+
+
+_PHONES = phone_inventory()
+
+
+def _octaves(freqs: np.ndarray, centre) -> np.ndarray:
+    return np.log2(np.maximum(freqs, 20.0) / centre)
+
+
+def _colour_db(freqs: np.ndarray, band_db: np.ndarray) -> np.ndarray:
+    """(N, F) speaker colour: half-octave-wide bumps at :data:`_VOX_BANDS`, dB."""
+    bumps = np.exp(-0.5 * (_octaves(freqs[:, None], _VOX_BANDS) / 0.35) ** 2)  # (F, bands)
+    return band_db @ bumps.T
+
+
+def _channel_db(rng: np.random.Generator, count: int, freqs: np.ndarray) -> np.ndarray:
+    """(count, F) response of ``count`` recording sessions, dB.
+
+    A tilt of ±1 dB/octave around 1 kHz, three random ±3-dB one-octave bumps and a
+    12 dB/octave low cut at 50–150 Hz: microphone and room, not speaker.
+    """
+    response = rng.uniform(-1, 1, (count, 1)) * _octaves(freqs, 1000.0)
+    for _ in range(3):
+        centre = np.exp(rng.uniform(np.log(200), np.log(6000), (count, 1)))
+        response += rng.uniform(-3, 3, (count, 1)) * np.exp(-0.5 * _octaves(freqs, centre) ** 2)
+    low_cut = np.exp(rng.uniform(np.log(50), np.log(150), (count, 1)))
+    return response - 12 * np.maximum(0, -_octaves(freqs, low_cut))
+
+
+def _phone_plan(rng: np.random.Generator, samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """(onsets, lengths) in samples of the phones filling one utterance.
+
+    60–180 ms phones follow each other, one in ten after a 0.1–0.3 s pause; every phone,
+    fades included, fits inside the utterance.
+    """
+    low, high = (round(s * SAMPLE_RATE) for s in _VOX_PHONE_SECS)
+    count = samples // low + 2
+    lengths = rng.integers(low, high + 1, count)
+    gaps = np.where(rng.random(count) < 0.1, rng.integers(1600, 4800, count), 0)
+    lead = int(rng.integers(2 * _VOX_FADE, 2400))
+    onsets = lead + np.cumsum(gaps + lengths) - lengths
+    keep = onsets + lengths + _VOX_FADE <= samples
+    return onsets[keep], lengths[keep]
+
+
+_FADE_IN = np.sin(np.linspace(0, np.pi / 2, 2 * _VOX_FADE, dtype=np.float32)) ** 2
+
+
+def _voice_shapes(voices: Voices, speakers: np.ndarray) -> np.ndarray:
+    """(len(speakers), phones, F) linear spectral envelopes: every phone's formants moved by
+    the speaker's vocal tract, times the speaker's colour; on the phone FFT grid."""
+    formants, amps, _ = _PHONES
+    freqs = np.fft.rfftfreq(_VOX_SEGMENT, 1 / SAMPLE_RATE).astype(np.float32)
+    tract = voices.tract[speakers][:, None, None]
+    envelope = _formant_envelope(freqs[None, :],
+                                 (formants[None] * tract).reshape(-1, 3).astype(np.float32),
+                                 np.tile(amps, (speakers.size, 1)).astype(np.float32))
+    colour = 10 ** (_colour_db(freqs, voices.band_db[speakers]) / 20)
+    shapes = (envelope + np.float32(0.08)).reshape(speakers.size, len(formants), -1)
+    return shapes * colour[:, None, :].astype(np.float32)
+
+
+def _render_phones(rng: np.random.Generator, shapes: np.ndarray, voiced: np.ndarray,
+                   f0: np.ndarray) -> np.ndarray:
+    """(B, _VOX_SEGMENT) phones: noise through ``shapes`` (B, F), times a harmonic comb at
+    ``f0`` Hz where ``voiced`` (vowels; fricatives stay noise)."""
+    freqs = np.fft.rfftfreq(_VOX_SEGMENT, 1 / SAMPLE_RATE).astype(np.float32)[None, :]
+    comb = _harmonic_comb(freqs, f0.astype(np.float32)[:, None])
+    shapes = shapes * np.where(voiced[:, None], comb, np.float32(1))
+    spectrum = _white_spectrum(rng, shapes.shape[0], freqs.size) * shapes
+    return np.fft.irfft(spectrum, _VOX_SEGMENT).astype(np.float32)
+
+
+def _faded(phone: np.ndarray, span: int) -> np.ndarray:
+    """The first ``span`` samples of ``phone`` with 30-ms sin² fades, at unit RMS.
+
+    Neighbouring phones overlap by one fade, where their fades sum to one.
+    """
+    piece = phone[:span].copy()
+    piece[:_FADE_IN.size] *= _FADE_IN
+    piece[span - _FADE_IN.size:] *= _FADE_IN[::-1]
+    return piece / np.sqrt(np.dot(piece, piece) / span + 1e-12)
+
+
+def _render_utterances(rng: np.random.Generator, batch: list[_Utterance], voices: Voices,
+                       channels: np.ndarray, noise: np.ndarray) -> list[np.ndarray]:
+    """Float audio of each utterance: phones overlap-added, then session noise at its SNR.
+
+    ``channels`` (sessions, F) is each session's linear response; ``noise`` (sessions, 2)
+    its (SNR dB, noise colour exponent).
+    """
+    plans = [_phone_plan(rng, u.samples) for u in batch]
+    owner = np.concatenate([np.full(onsets.size, i) for i, (onsets, _) in enumerate(plans)])
+    lengths = np.concatenate([lengths for _, lengths in plans])
+    talkers, speaker = np.unique([batch[i].speaker for i in owner], return_inverse=True)
+    video = np.array([u.video for u in batch])[owner]
+    # Intonation: each utterance has its own pitch level, each phone moves ±8 % around it.
+    f0 = voices.f0[talkers[speaker]] * np.exp(rng.normal(0, 0.03, len(batch))[owner]
+                                              + rng.uniform(-0.08, 0.08, owner.size))
+    phones = rng.integers(0, len(_PHONES[2]), owner.size)
+    shapes = _voice_shapes(voices, talkers)[speaker, phones] * channels[video]
+    rendered = _render_phones(rng, shapes, _PHONES[2][phones], f0)
+    loud = np.where(_PHONES[2][phones], 1.0, 0.4).astype(np.float32)
+    audio = [np.zeros(u.samples, dtype=np.float32) for u in batch]
+    starts = np.concatenate([onsets for onsets, _ in plans]) - _VOX_FADE
+    for k, (i, start, span) in enumerate(zip(owner, starts, lengths + 2 * _VOX_FADE)):
+        audio[i][start:start + span] += loud[k] * _faded(rendered[k], span)
+    return [_add_session_noise(rng, clip, *noise[u.video]) for clip, u in zip(audio, batch)]
+
+
+def _add_session_noise(rng: np.random.Generator, voice: np.ndarray, snr_db: float,
+                       exponent: float) -> np.ndarray:
+    """``voice`` plus coloured noise ``snr_db`` below it, at a random level about -26 dBFS."""
+    voice = _unit_rms(voice)
+    # Utterance lengths are arbitrary; an FFT of a 5-smooth length is several times faster.
+    noise = colored_noise(rng, 1, _smooth_length(voice.size), exponent)[0, :voice.size]
+    mixed = voice + 10 ** (-snr_db / 20) * noise
+    return np.float32(0.05 * 10 ** (rng.uniform(-4, 4) / 20)) * mixed
+
+
+def _smooth_length(n: int) -> int:
+    """The smallest 2**a * 3**b * 5**c >= ``n``."""
+    best = 1 << max(0, n - 1).bit_length()
+    for fives in (5 ** c for c in range(12) if 5 ** c <= best):
+        for threes in (3 ** b for b in range(20) if fives * 3 ** b <= best):
+            length = fives * threes
+            length <<= max(0, (n - 1) // length).bit_length()
+            best = min(best, length)
+    return best
+
+
+def _youtube_ids(rng: np.random.Generator, count: int) -> list[str]:
+    """``count`` distinct 11-character ids in YouTube's alphabet."""
+    ids: list[str] = []
+    while len(ids) < count:
+        candidate = "".join(rng.choice(_YOUTUBE_ALPHABET, 11))
+        if candidate not in ids:
+            ids.append(candidate)
+    return ids
+
+
+def _vox_plan(rng: np.random.Generator, roots: dict[str, Path], dev: list[str],
+              test: list[str], videos: int, utterances: int, secs: tuple[float, float]
+              ) -> list[_Utterance]:
+    """Every utterance to write, speaker by speaker (dev first), video by video."""
+    plan = []
+    sessions = itertools.count()
+    for speaker, spk in enumerate(dev + test):
+        wav = roots["dev_root" if speaker < len(dev) else "test_root"] / "wav" / spk
+        for video_id, session in zip(_youtube_ids(rng, videos), sessions):
+            lengths = np.round(rng.uniform(*secs, utterances) * SAMPLE_RATE).astype(int)
+            plan += [_Utterance(wav / video_id / f"{n:05d}.wav", speaker, session, int(samples))
+                     for n, samples in enumerate(lengths, 1)]
+    return plan
+
+
+def _write_utterances(rng: np.random.Generator, plan: list[_Utterance], voices: Voices) -> None:
+    """Render ``plan`` in chunks; threads write one chunk while the next is rendered."""
+    sessions = plan[-1].video + 1
+    freqs = np.fft.rfftfreq(_VOX_SEGMENT, 1 / SAMPLE_RATE)
+    channels = (10 ** (_channel_db(rng, sessions, freqs) / 20)).astype(np.float32)
+    noise = np.stack([rng.uniform(15, 30, sessions), rng.uniform(1, 2, sessions)], axis=1)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        pending = []
+        for first in range(0, len(plan), _VOX_CHUNK):
+            batch = plan[first:first + _VOX_CHUNK]
+            clips = _render_utterances(rng, batch, voices, channels, noise)
+            for job in pending:
+                job.result()  # re-raises a failed write
+            pending = [pool.submit(write_wav, u.path, clip) for u, clip in zip(batch, clips)]
+        for job in pending:
+            job.result()
+
+
+def _iden_code(video: int, videos: int) -> int:
+    """A speaker's last video is identification test (3), the one before dev (2) when it has
+    three or more; the rest train (1)."""
+    if videos > 1 and video == videos - 1:
+        return 3
+    return 2 if videos > 2 and video == videos - 2 else 1
+
+
+def _write_vox_lists(out: Path, rng: np.random.Generator, plan: list[_Utterance],
+                     voices: Voices, dev_count: int, videos: int) -> None:
+    """``vox1_meta.csv``, ``iden_split.txt`` and the test trials next to the two roots."""
+    rel = [f"{u.path.parent.parent.name}/{u.path.parent.name}/{u.path.name}" for u in plan]
+    nations = rng.choice(len(_NATIONALITIES), len(voices.ids))
+    meta = [META_HEADER] + [
+        "\t".join((spk, f"Synthetic_{spk}", "f" if voices.f0[i] >= 160 else "m",
+                   _NATIONALITIES[nations[i]], "dev" if i < dev_count else "test"))
+        for i, spk in enumerate(voices.ids)]
+    (out / META_FILE).write_text("\n".join(meta) + "\n")
+    iden = sorted(f"{_iden_code(u.video % videos, videos)} {path}" for u, path in zip(plan, rel))
+    (out / IDEN_SPLIT_FILE).write_text("\n".join(iden) + "\n")
+    test = [(path, u.speaker, u.video) for u, path in zip(plan, rel) if u.speaker >= dev_count]
+    lines = [f"{label} {a} {b}" for a, b, label in _test_trials(rng, test)]
+    for name in ("veri_test2.txt", "veri_test.txt"):
+        (out / name).write_text("\n".join(lines) + "\n")
+
+
+def _test_trials(rng: np.random.Generator, utts: list[tuple[str, int, int]]
+                 ) -> list[tuple[str, str, int]]:
+    """Balanced trials ``(path1, path2, label)``, sorted: for each test utterance up to
+    :data:`_VOX_PARTNERS` same-speaker partners (another video when the speaker has several)
+    and as many other-speaker partners; no pair twice, in either order."""
+    by_speaker: dict[int, list[tuple[str, int]]] = {}
+    for path, spk, video in utts:
+        by_speaker.setdefault(spk, []).append((path, video))
+    used: set[frozenset] = set()
+    trials: dict[int, list] = {1: [], 0: []}
+    for path, spk, video in utts:
+        multi = len({v for _, v in by_speaker[spk]}) > 1
+        same = [p for p, v in by_speaker[spk] if p != path and not (multi and v == video)]
+        # Random draws, not a list of every other speaker's utterance: linear in the corpus.
+        others = [utts[k][0] for k in rng.integers(0, len(utts), 20 * _VOX_PARTNERS)
+                  if utts[k][1] != spk]
+        for label, candidates in ((1, [same[k] for k in rng.permutation(len(same))]),
+                                  (0, others)):
+            fresh = [p for p in dict.fromkeys(candidates) if frozenset((path, p)) not in used]
+            for partner in fresh[:_VOX_PARTNERS]:
+                used.add(frozenset((path, partner)))
+                trials[label].append((path, partner, label))
+    count = min(len(trials[1]), len(trials[0]))  # balance: drop the surplus at random
+    return sorted(trials[label][k] for label in (1, 0)
+                  for k in rng.permutation(len(trials[label]))[:count])
+
+
+def synthesize_voxceleb1(out_dir, speakers=16, test_speakers=8, videos=3, utterances=4,
+                         min_secs=2.0, max_secs=5.0, seed=0) -> dict[str, Path]:
+    """Write a synthetic VoxCeleb1 under ``out_dir``; return ``{"dev_root", "test_root",
+    "trials_dir"}`` (the ``prepare_data`` keys to set).
+
+    ``out_dir/vox1_dev_wav/wav/<id>/<video>/<nnnnn>.wav`` holds ``speakers`` dev speakers
+    (id10001 upward, skipping the test block), ``out_dir/vox1_test_wav/wav/...`` the first
+    ``test_speakers`` of id10270–id10309; each speaker has ``videos`` videos of
+    ``utterances`` clips lasting ``min_secs``–``max_secs`` s. ``out_dir`` also gets
+    ``vox1_meta.csv``, ``iden_split.txt`` and ``veri_test2.txt`` (= ``veri_test.txt``).
+
+    >>> import shutil, tempfile
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> roots = synthesize_voxceleb1(tmp, speakers=2, test_speakers=2, videos=1,
+    ...                              utterances=2, min_secs=0.5, max_secs=0.5)
+    >>> wavs = sorted(roots["test_root"].rglob("*.wav"))
+    >>> len(wavs), wavs[0].relative_to(tmp).parts[:3]
+    (4, ('vox1_test_wav', 'wav', 'id10270'))
+    >>> shutil.rmtree(tmp)
+    """
+    if speakers < 0 or test_speakers < 2 or videos < 1 or utterances < 1:
+        raise ValueError("need speakers >= 0, test_speakers >= 2, videos >= 1, utterances >= 1")
+    if videos * utterances < 2:
+        raise ValueError("videos * utterances must be >= 2: target trials need two utterances")
+    if not 0 < min_secs <= max_secs:
+        raise ValueError(f"min_secs={min_secs}, max_secs={max_secs}: need 0 < min <= max")
+    dev, test = voxceleb1_speaker_ids(speakers, test_speakers)
+    out = Path(out_dir)
+    roots = {key: out / name for key, name in _VOX_ROOTS.items()}
+    _refuse_foreign_lists(out, roots["dev_root"])
+    for key, root in roots.items():
+        fresh_root(root)
+        _stub(root / "README.md", root.name, "Same layout as VoxCeleb1; the audio is synthetic "
+              "(formant-shaped noise with a speaker colour and a channel per video).")
+    # Separate streams: the voices do not depend on the corpus size options.
+    voice_rng, plan_rng, audio_rng = (np.random.default_rng([seed, 10 + k]) for k in range(3))
+    voices = make_voices(voice_rng, dev + test)
+    plan = _vox_plan(plan_rng, roots, dev, test, videos, utterances, (min_secs, max_secs))
+    _write_utterances(audio_rng, plan, voices)
+    _write_vox_lists(out, plan_rng, plan, voices, len(dev), videos)
+    return {**roots, "trials_dir": out}
+
+
+def _refuse_foreign_lists(out: Path, dev_root: Path) -> None:
+    """Never overwrite real VoxCeleb1 list files: only ones written beside a synthetic root."""
+    ours = (dev_root / "README.md").is_file() and \
+        (dev_root / "README.md").read_text().startswith(_MARKER)
+    foreign = [name for name in _VOX_LISTS if (out / name).exists()]
+    if foreign and not ours:
+        raise FileExistsError(f"{out} already holds {', '.join(foreign)} not written by "
+                              "corpora.synthesize; choose another OUT_DIR")
+
+
+def _voxceleb1_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--speakers", type=int, default=16, help="dev (training) speakers")
+    parser.add_argument("--test-speakers", type=int, default=8,
+                        help="test speakers, from id10270 (2-40)")
+    parser.add_argument("--videos", type=int, default=3, help="videos per speaker")
+    parser.add_argument("--utterances", type=int, default=4, help="utterances per video")
+    parser.add_argument("--min-secs", type=float, default=2.0, help="shortest utterance, s")
+    parser.add_argument("--max-secs", type=float, default=5.0, help="longest utterance, s")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _voxceleb1_run(args: argparse.Namespace) -> dict[str, Path]:
+    return synthesize_voxceleb1(args.out_dir, args.speakers, args.test_speakers, args.videos,
+                                args.utterances, args.min_secs, args.max_secs, args.seed)
+
+
 # ---------------------------------------------------------------- registry and CLI
 
 @dataclass(frozen=True)
@@ -391,6 +775,8 @@ class Synthesizer:
 SYNTHESIZERS: dict[str, Synthesizer] = {
     "speech_commands": Synthesizer("Google Speech Commands v0.01 / v0.02 and the v0.01 "
                                    "test set", _speech_commands_arguments, _speech_commands_run),
+    "voxceleb1": Synthesizer("VoxCeleb1 dev and test archives, meta files and trial lists",
+                             _voxceleb1_arguments, _voxceleb1_run),
 }
 
 
