@@ -1,10 +1,11 @@
-"""Command line: ``python -m framework {run,config,list} ...``."""
+"""Command line: ``python -m framework {run,score,config,list} ...``."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import importlib.metadata
 import sys
+from pathlib import Path
 
 from framework.errors import UserError
 from framework.registry import closest, first_line
@@ -39,6 +40,19 @@ def cmd_run(args) -> None:
     load_problem(args.problem)().run(config_files=args.config, dotlist=args.overrides)
 
 
+def cmd_score(args) -> None:
+    from framework.workspace import owner
+
+    problem = load_problem(owner(Path(args.target_dir)))().attach(args.target_dir, args.device)
+    if not hasattr(problem, "score_files"):
+        raise UserError(f"{args.target_dir}: problem {problem.problem_name()} does not score "
+                        "pairs of files (a speaker-verification problem does)")
+    out = problem.score_files(args.wav1, args.wav2, args.checkpoint)
+    verdict = "same speaker" if out["same_speaker"] else "different speakers"
+    print(f"score {out['score']:.4f}  {verdict}  (threshold {out['threshold']:.4f}: the "
+          f"validation EER point of {out['checkpoint']}, step {out['step']})")
+
+
 def cmd_config(args) -> None:
     for path in load_problem(args.problem).config_files():
         print(f"# ---- {path.name} ----")
@@ -67,6 +81,14 @@ def parser() -> argparse.ArgumentParser:
                      help="YAML merged over the defaults (repeatable)")
     run.add_argument("overrides", nargs="*", help="section.key=value overrides")
     run.set_defaults(func=cmd_run)
+    score = sub.add_parser("score", help="speaker verification: score two audio files")
+    score.add_argument("target_dir", help="a finished (evaluated) speaker-verification run")
+    score.add_argument("wav1")
+    score.add_argument("wav2")
+    score.add_argument("--checkpoint", default="valid_best",
+                       help="an evaluated checkpoint: valid_best (default) or step-N")
+    score.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    score.set_defaults(func=cmd_score)
     config = sub.add_parser("config", help="print a problem's default YAML")
     config.add_argument("problem")
     config.set_defaults(func=cmd_config)

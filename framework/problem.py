@@ -158,6 +158,19 @@ class Problem:
         workspace.claim(self.target_dir, self.problem_name())
         workspace.record_invocation(self.target_dir, self.cfg)
 
+    def attach(self, target_dir, device: str = "cpu") -> "Problem":
+        """Work on a finished target_dir (scoring, prediction): its last config and records."""
+        self.target_dir = Path(target_dir).resolve()
+        owner = workspace.owner(self.target_dir)
+        if owner != self.problem_name():
+            raise UserError(f"{self.target_dir} belongs to problem '{owner}', not "
+                            f"'{self.problem_name()}'")
+        self.cfg = OmegaConf.load(self.target_dir / "config.yaml")
+        self.dist = distributed.Distributed()
+        self.device = pick_device(device)
+        self.book = StageBook(self.target_dir)
+        return self
+
     def stage_config(self, name: str) -> dict:
         """The config sections and run keys that decide stage ``name``'s result (plain)."""
         return {key: cfglib.to_plain(self.cfg[key]) if isinstance(self.cfg[key], DictConfig)
@@ -397,10 +410,11 @@ class Problem:
                             f"available: {available}")
         return {f"step-{s}": ckpts.step_path(s) for s in cfg.test_ckpt_steps}
 
-    def trained_config(self) -> DictConfig:
-        """The config the checkpoints were trained with (not today's command line)."""
+    def trained_config(self, warn: bool = True) -> DictConfig:
+        """The config the checkpoints were trained with (not today's command line); ``warn``
+        logs each section today's config changes."""
         trained = OmegaConf.load(self.artifact("train", "config"))
-        for section in MODEL_SECTIONS:
+        for section in MODEL_SECTIONS if warn else ():
             if cfglib.to_plain(trained[section]) != cfglib.to_plain(self.cfg[section]):
                 log.warning("%s differs from the trained model's; using the trained one "
                             "(%s)", section, self.artifact("train", "config"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,9 @@ from framework.audio.segments import WindowDataset, collate_windows
 from framework.checkpoint import load_checkpoint
 from framework.embedding_store import EmbeddingStore
 from framework.encoder import CategoryEncoder
-from framework.errors import ConfigError
-from framework.metrics.verification import as_norm, cosine_scores, verification_metrics
+from framework.audio.io import screen_manifest
+from framework.errors import AudioError, ConfigError, UserError
+from framework.metrics.verification import as_norm, cosine_scores, eer, verification_metrics
 from framework.problem import Problem, manifest_outputs
 from framework.report.verification import best_by_valid_eer, write_verification_report
 from framework.stages import StageResult, file_digest
@@ -169,6 +171,9 @@ class SpeakerVerification(Problem):
         scores = score_trials(csvs[split], csvs[f"{split}_utts"], embeddings, cohort,
                               self.cfg.evaluate.as_norm.top_k)
         metrics = verification_metrics(scores["score"], scores["label"])
+        # the `score` command compares plain cosines: keep their threshold even under AS-norm
+        cosine = cosine_scores(embeddings, *trial_rows(csvs[split], csvs[f"{split}_utts"]))
+        _, metrics["cosine_eer_threshold"] = eer(cosine, scores["label"])
         folder = self.target_dir / "evaluate" / name / split
         folder.mkdir(parents=True, exist_ok=True)
         scores.to_csv(folder / "scores.csv", index=False)
@@ -176,7 +181,8 @@ class SpeakerVerification(Problem):
         log.info("%s on %s: EER %.2f%%  minDCF0.01 %.4f  minDCF0.05 %.4f  (%d trials)", name,
                  split, 100 * metrics["eer"], metrics["min_dcf_0.01"], metrics["min_dcf_0.05"],
                  metrics["n_trials"])
-        return {"checkpoint": name, "split": split, "metrics": metrics,
+        return {"checkpoint": name, "checkpoint_path": str(ckpt), "split": split,
+                "metrics": metrics,
                 "scores_csv": str(folder / "scores.csv"),
                 "metrics_json": str(folder / "metrics.json")}
 
@@ -195,11 +201,49 @@ class SpeakerVerification(Problem):
         speakers = read_manifest(utts_csv)["spk"].to_numpy()
         return np.stack([embeddings[speakers == s].mean(0) for s in np.unique(speakers)])
 
+    # -- the `score` command -----------------------------------------------------------------
+    def score_files(self, wav1, wav2, checkpoint: str = "valid_best") -> dict:
+        """Cosine score of two audio files under an evaluated checkpoint, and the decision at
+        that checkpoint's validation-EER threshold. Needs :meth:`attach` and stage 3."""
+        record = self.validation_record(checkpoint)
+        trained = self.trained_config(warn=False)
+        trained.build_dataset.cache_waveforms = False  # two files: not worth a cache entry
+        task = self.build_model_and_task(trained)
+        state = load_checkpoint(record["checkpoint_path"], self.problem_name())
+        task.load_trainable_state_dict(state["task"])
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest = Path(tmp) / "pair.csv"
+            pd.DataFrame({"id": ["a", "b"], "wav_path": [str(wav1), str(wav2)]}).to_csv(
+                manifest, index=False)
+            check_readable(manifest, Path(tmp) / "excluded.csv")
+            embeddings = self.embed(trained, task, manifest)
+        score = float(cosine_scores(embeddings, [0], [1])[0])
+        threshold = record["metrics"]["cosine_eer_threshold"]
+        return {"score": score, "threshold": threshold, "same_speaker": score >= threshold,
+                "checkpoint": checkpoint, "step": record["step"]}
+
+    def validation_record(self, checkpoint: str) -> dict:
+        results = json.loads(self.artifact("evaluate", "results").read_text())
+        for record in results:
+            if record["checkpoint"] == checkpoint and record["split"] == "valid":
+                return record
+        names = sorted({r["checkpoint"] for r in results})
+        raise UserError(f"checkpoint '{checkpoint}' has no validation result in "
+                        f"{self.target_dir}/evaluate; evaluated: {', '.join(names)} "
+                        f"(evaluate others with test_ckpt_steps=[...] start=evaluate)")
+
     # -- stage 4 -----------------------------------------------------------------------------
     def report(self, report, results, report_dir):
         best_name = best_by_valid_eer(results)
         best = next(r for r in results if r["checkpoint"] == best_name and r["split"] == "valid")
         return write_verification_report(report_dir, results, best, type(self).__name__)
+
+
+def check_readable(manifest: Path, excluded_csv: Path) -> None:
+    """Screen a manifest (adding ``duration``); an unusable file is an :class:`AudioError`."""
+    if screen_manifest(manifest, excluded_csv, num_workers=1).excluded:
+        bad = pd.read_csv(excluded_csv).iloc[0]
+        raise AudioError(bad["wav_path"], bad["reason"])
 
 
 def write_trial_utterances(trials_csv, out_csv) -> Path:
@@ -234,10 +278,16 @@ def score_trials(trials_csv, utts_csv, embeddings, cohort=None, top_k: int = 300
     """``id1, id2, label, score`` for every trial: cosine of the two embeddings (rows of
     ``embeddings`` follow ``utts_csv``), AS-normalised when a ``cohort`` (C, E) is given."""
     trials = read_manifest(trials_csv)
-    row = {utt: i for i, utt in enumerate(read_manifest(utts_csv)["id"])}
-    index1, index2 = trials["id1"].map(row).to_numpy(), trials["id2"].map(row).to_numpy()
+    index1, index2 = trial_rows(trials_csv, utts_csv)
     scores = cosine_scores(embeddings, index1, index2)
     if cohort is not None:
         scores = as_norm(scores, embeddings, index1, index2, cohort, top_k)
     return pd.DataFrame({"id1": trials["id1"], "id2": trials["id2"],
                          "label": trials["label"].astype(int), "score": scores})
+
+
+def trial_rows(trials_csv, utts_csv) -> tuple[np.ndarray, np.ndarray]:
+    """Each trial's two utterances as row numbers of ``utts_csv`` (T,), (T,)."""
+    trials = read_manifest(trials_csv)
+    row = {utt: i for i, utt in enumerate(read_manifest(utts_csv)["id"])}
+    return trials["id1"].map(row).to_numpy(), trials["id2"].map(row).to_numpy()

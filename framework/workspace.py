@@ -15,6 +15,7 @@ from framework.errors import UserError
 
 PACKAGES = ("speech-recipes", "torch", "torchaudio", "numpy", "omegaconf", "pandas",
             "scikit-learn", "soundfile", "tqdm", "matplotlib", "tensorboard")
+LOGGERS = ("framework", "corpora")  # the loggers a run's console and log.txt show
 LOG_FORMAT = "%(asctime)s %(levelname).1s %(message)s"
 
 
@@ -23,12 +24,20 @@ def claim(target_dir: Path, problem: str) -> None:
     target_dir.mkdir(parents=True, exist_ok=True)
     owner_file = target_dir / "problem.json"
     if owner_file.is_file():
-        owner = json.loads(owner_file.read_text()).get("problem")
-        if owner != problem:
-            raise UserError(f"target_dir {target_dir} was made by problem '{owner}', not "
+        made_by = owner(target_dir)
+        if made_by != problem:
+            raise UserError(f"target_dir {target_dir} was made by problem '{made_by}', not "
                             f"'{problem}'; choose another target_dir")
         return
     owner_file.write_text(json.dumps({"problem": problem}) + "\n")
+
+
+def owner(target_dir: Path) -> str:
+    """The problem (``module:Class``) that made target_dir; an error if it is not one."""
+    owner_file = Path(target_dir) / "problem.json"
+    if not owner_file.is_file():
+        raise UserError(f"{target_dir} is not a target_dir of this framework (no problem.json)")
+    return json.loads(owner_file.read_text()).get("problem")
 
 
 def record_invocation(target_dir: Path, config) -> Path:
@@ -59,12 +68,6 @@ def setup_logging(target_dir: Path | None, verbose: bool = True, rank: int | Non
 
     ``rank`` (distributed runs): ranks other than 0 write no file and only warnings, tagged.
     """
-    logger = logging.getLogger("framework")
-    logger.setLevel(logging.INFO if not rank else logging.WARNING)
-    for handler in list(logger.handlers):
-        if getattr(handler, "_framework", False):
-            logger.removeHandler(handler)
-            handler.close()
     handlers = [logging.StreamHandler(sys.stderr)] if verbose else []
     if target_dir is not None:
         handlers.append(logging.FileHandler(target_dir / "log.txt"))
@@ -72,5 +75,13 @@ def setup_logging(target_dir: Path | None, verbose: bool = True, rank: int | Non
     for handler in handlers:
         handler.setFormatter(logging.Formatter(tag + LOG_FORMAT, "%H:%M:%S"))
         handler._framework = True
-        logger.addHandler(handler)
-    logger.propagate = False
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO if not rank else logging.WARNING)
+        for handler in list(logger.handlers):
+            if getattr(handler, "_framework", False):
+                logger.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            logger.addHandler(handler)
+        logger.propagate = False

@@ -1,0 +1,199 @@
+"""Speaker verification end to end on a synthesized VoxCeleb1 in the real layout: stages 0-4,
+embedding reuse, checkpoint choice on validation, AS-norm, bad audio, the `score` command."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from corpora.synthesize import synthesize_voxceleb1
+from framework.audio.dataset import AudioDataset
+from framework.audio.segments import WindowDataset, collate_windows
+from recipes.asv import ASV
+from tests.conftest import merge
+
+# A small x-vector and a few hundred steps: about 10 s on 2 cores.
+ASV_FAST = {
+    "num_workers": 0,
+    "prepare_data": {"valid_speakers": 4, "valid_trials": 100},
+    "build_dataset": {"train": {"min_secs": 1.0, "max_secs": 2.0}},
+    "build_batch_sampler": {"train": {"batch_size": 16}},
+    "build_downstream": {"embedding_size": 64,
+                         "conf": {"hidden_size": 64, "channels": [64, 64, 64, 64, 128]}},
+    "train": {"total_steps": 120, "eval_step": 60, "save_step": 60, "log_step": 20,
+              "gradient_accumulate": 1},
+    "build_optimizer": {"conf": {"lr": 3e-3}},
+}
+
+
+@pytest.fixture(scope="module")
+def vox_corpus(tmp_path_factory):
+    """dev_root, test_root and trials_dir of a 16 + 8 speaker synthetic VoxCeleb1."""
+    return synthesize_voxceleb1(tmp_path_factory.mktemp("vox") / "corpus", min_secs=1.5,
+                                max_secs=3.0)
+
+
+def run_asv(target_dir, corpus, dotlist=(), **overrides):
+    settings = merge(merge(ASV_FAST, {"prepare_data": {k: str(v) for k, v in corpus.items()}}),
+                     overrides)
+    return ASV().run(dotlist=list(dotlist), target_dir=str(target_dir), **settings)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, vox_corpus):
+    """A target_dir after stages 0-4 (copy it before changing it)."""
+    target = tmp_path_factory.mktemp("asv") / "run"
+    run_asv(target, vox_corpus)
+    return target
+
+
+def copy_run(finished, tmp_path):
+    return shutil.copytree(finished, tmp_path / "run")
+
+
+def results(target) -> list[dict]:
+    return json.loads((target / "evaluate/results.json").read_text())
+
+
+def test_all_stages_reach_a_low_test_eer(finished):
+    test = next(r for r in results(finished) if r["split"] == "veri_test2")
+    assert test["metrics"]["eer"] < 0.25  # chance is 0.5
+    assert test["metrics"]["n_trials"] == len(pd.read_csv(finished / "data/veri_test2.csv"))
+    scores = pd.read_csv(test["scores_csv"])
+    assert list(scores.columns) == ["id1", "id2", "label", "score"]
+    report = json.loads((finished / "report/report.json").read_text())
+    assert report["chosen"]["checkpoint"] == "valid_best"
+    for name in ("report.md", "det_curve.png", "score_histogram.png"):
+        assert (finished / "report" / name).stat().st_size > 0
+
+
+def test_manifests_hold_out_validation_speakers(finished):
+    train = pd.read_csv(finished / "data/train.csv")
+    valid = pd.read_csv(finished / "data/valid.csv")
+    assert {"id", "wav_path", "spk", "duration"} <= set(train.columns)
+    held_out = {i.split("/")[0] for i in pd.concat([valid.id1, valid.id2])}
+    assert len(held_out) == 4 and not held_out & set(train.spk)
+    assert valid.label.mean() == 0.5
+
+
+def test_the_loss_weights_are_saved_with_the_task(finished):
+    state = torch.load(finished / "train/checkpoints/step-00000120.pt", weights_only=True)
+    speakers = len(json.loads((finished / "encoder.json").read_text())["classes"])
+    assert state["task"]["loss.weight"].shape == (speakers, 64)
+
+
+def test_a_second_evaluation_reuses_the_embeddings(finished, vox_corpus, tmp_path, caplog):
+    target = copy_run(finished, tmp_path)
+    store = target / "evaluate/embeddings/valid_best/veri_test2/embeddings.npy"
+    before = store.stat().st_mtime_ns
+    logging.getLogger("framework").addHandler(caplog.handler)
+    try:
+        run_asv(target, vox_corpus, start="evaluate", force=True)
+    finally:
+        logging.getLogger("framework").removeHandler(caplog.handler)
+    assert store.stat().st_mtime_ns == before
+    assert "veri_test2: reusing the stored embeddings of valid_best.pt" in caplog.text
+    assert results(target) == [{**r, "scores_csv": r["scores_csv"].replace(
+        str(finished), str(target)), "metrics_json": r["metrics_json"].replace(
+        str(finished), str(target)), "checkpoint_path": r["checkpoint_path"].replace(
+        str(finished), str(target))} for r in results(finished)]
+
+
+def test_every_chosen_checkpoint_is_scored_and_validation_picks(finished, vox_corpus, tmp_path):
+    target = copy_run(finished, tmp_path)
+    run_asv(target, vox_corpus, start="evaluate", test_ckpt_steps=[60, 120])
+    records = results(target)
+    assert {(r["checkpoint"], r["split"]) for r in records} == {
+        (c, s) for c in ("step-60", "step-120") for s in ("valid", "veri_test2")}
+    valid = {r["checkpoint"]: r["metrics"]["eer"] for r in records if r["split"] == "valid"}
+    chosen = json.loads((target / "report/report.json").read_text())["chosen"]["checkpoint"]
+    assert valid[chosen] == min(valid.values())
+    assert f"`{chosen}`" in (target / "report/report.md").read_text()
+
+
+def test_as_norm_rescores_against_training_speakers(finished, vox_corpus, tmp_path):
+    target = copy_run(finished, tmp_path)
+    run_asv(target, vox_corpus, start="evaluate",
+            dotlist=["evaluate.as_norm.enabled=true", "evaluate.as_norm.top_k=5"])
+    plain = pd.read_csv(finished / "evaluate/valid_best/veri_test2/scores.csv")
+    normed = pd.read_csv(target / "evaluate/valid_best/veri_test2/scores.csv")
+    assert (plain[["id1", "id2"]] == normed[["id1", "id2"]]).all().all()
+    assert not np.allclose(plain.score, normed.score)
+    assert (target / "evaluate/embeddings/valid_best/cohort/embeddings.npy").is_file()
+    eer = next(r for r in results(target) if r["split"] == "veri_test2")["metrics"]["eer"]
+    assert eer < 0.3
+
+
+def test_score_command_matches_the_evaluation(finished):
+    scores = pd.read_csv(finished / "evaluate/valid_best/veri_test2/scores.csv")
+    wav = pd.read_csv(finished / "data/veri_test2_utts.csv").set_index("id")["wav_path"]
+    for _, trial in scores.groupby("label").head(1).iterrows():
+        out = subprocess.run([sys.executable, "-m", "framework", "score", str(finished),
+                              wav[trial.id1], wav[trial.id2]], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        words = out.stdout.split()
+        assert words[0] == "score" and float(words[1]) == pytest.approx(trial.score, abs=1e-3)
+        threshold = results(finished)[0]["metrics"]["cosine_eer_threshold"]
+        verdict = "same" if float(words[1]) >= threshold else "different"
+        assert words[2] == verdict
+        assert "validation EER point of valid_best" in out.stdout
+
+
+def test_score_command_names_an_unreadable_file(finished, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    wav = pd.read_csv(finished / "data/veri_test2_utts.csv")["wav_path"][0]
+    out = subprocess.run([sys.executable, "-m", "framework", "score", str(finished), wav,
+                          str(bad)], capture_output=True, text=True)
+    assert out.returncode == 2 and f"error: {bad}" in out.stderr
+
+
+def test_unreadable_test_audio_is_excluded_and_its_trials_dropped(tmp_path, vox_corpus):
+    home = vox_corpus["trials_dir"]
+    corpus = {k: tmp_path / "corpus" / v.relative_to(home) for k, v in vox_corpus.items()}
+    shutil.copytree(home, tmp_path / "corpus")
+    trials = pd.read_csv(home / "veri_test2.txt", sep=" ", header=None)
+    victim = trials[1][0]
+    (corpus["test_root"] / "wav" / victim).write_bytes(b"RIFF broken")
+    run_asv(tmp_path / "run", corpus, stop="prepare_data")
+    excluded = pd.read_csv(tmp_path / "run/data/excluded.csv")
+    assert excluded.wav_path.str.endswith(victim).tolist() == [True]
+    kept = pd.read_csv(tmp_path / "run/data/veri_test2.csv")
+    naming = (trials[1] == victim) | (trials[2] == victim)
+    assert len(kept) == len(trials) - naming.sum()
+
+
+def test_other_heads_and_losses_train(tmp_path, vox_corpus):
+    settings = merge(ASV_FAST, {"prepare_data": {k: str(v) for k, v in vox_corpus.items()}})
+    settings["build_downstream"] = {"name": "ecapa_tdnn", "embedding_size": 32, "conf": {
+        "channels": 32, "mfa_channels": 96, "se_channels": 16, "attention_channels": 16}}
+    settings["train"].update(total_steps=4, eval_step=4, save_step=4)
+    ASV().run(target_dir=str(tmp_path), stop="train", **settings, dotlist=[
+        "build_task.loss_type=aamsoftmax", "build_task.loss_conf.margin=0.2"])
+    state = torch.load(tmp_path / "train/checkpoints/step-00000004.pt", weights_only=True)
+    assert state["task"]["loss.weight"].shape[1] == 32
+    assert any(k.startswith("model.downstream.") for k in state["task"])
+
+
+def test_long_utterances_are_embedded_in_windows(tmp_path, finished):
+    rate = 16000
+    audio = np.random.default_rng(0).normal(0, 0.1, rate * 50).astype(np.float32)
+    manifest = pd.DataFrame({"id": ["long"], "wav_path": [str(tmp_path / "long.wav")],
+                             "duration": [50.0]})
+    import soundfile
+    soundfile.write(manifest.wav_path[0], audio, rate)
+    windows = WindowDataset(AudioDataset(manifest), chunk_secs=20)
+    assert [len(windows[i]["wav"]) for i in range(len(windows))] == [20 * rate] * 3
+    problem = ASV().attach(finished)
+    task = problem.build_model_and_task(problem.trained_config(warn=False)).eval()
+    batch = collate_windows([windows[i] for i in range(len(windows))])
+    outputs = task.eval_step(batch)
+    _, pooled = task.summarize(outputs)
+    np.testing.assert_allclose(pooled[0], outputs["embedding"].mean(0), rtol=1e-5, atol=1e-6)
