@@ -296,6 +296,10 @@ class Problem:
         if name == "balanced":
             return BATCH_SAMPLERS.build(name, conf, f"build_batch_sampler.{mode}",
                                         labels=dataset.labels, **common)
+        if name == "duration":
+            conf.setdefault("shuffle", mode == "train")
+            return BATCH_SAMPLERS.build(name, conf, f"build_batch_sampler.{mode}",
+                                        durations=dataset.item_durations(), **common)
         conf.setdefault("shuffle", mode == "train")
         return BATCH_SAMPLERS.build(name, conf, f"build_batch_sampler.{mode}",
                                     num_items=len(dataset), **common)

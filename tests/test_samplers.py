@@ -5,7 +5,8 @@ import collections
 
 import numpy as np
 
-from framework.audio.samplers import BalancedBatchSampler, FixedBatchSampler
+from framework.audio.samplers import (BalancedBatchSampler, DurationBatchSampler,
+                                     FixedBatchSampler)
 
 
 def test_balanced_sampler_draws_classes_equally_often():
@@ -46,3 +47,30 @@ def test_evaluation_sampler_yields_every_item_exactly_once_in_order():
 def test_training_sampler_pads_the_last_batch_so_every_step_is_full():
     batches = list(FixedBatchSampler(10, batch_size=4, shuffle=False))
     assert [len(b) for b in batches] == [4, 4, 4] and batches[2][:2] == [8, 9]
+
+
+def test_duration_batches_stay_under_the_budget_and_cover_every_item_once():
+    durations = np.random.default_rng(0).uniform(1, 10, 200)
+    sampler = DurationBatchSampler(durations, batch_secs=30, shuffle=False, pad_last=False)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    for batch in batches:
+        assert max(durations[batch]) * len(batch) <= 30
+    assert [len(b) for b in batches][:2] == [3, 3]  # the longest first: 3 × ~10 s
+
+
+def test_duration_batches_shard_into_equal_counts_and_reshuffle_per_epoch():
+    durations = np.random.default_rng(1).uniform(1, 8, 101)
+    ranks = [DurationBatchSampler(durations, 20, seed=3, world_size=2, rank=r) for r in (0, 1)]
+    left, right = list(ranks[0]), list(ranks[1])
+    assert len(left) == len(right)
+    one = list(DurationBatchSampler(durations, 20, seed=3))
+    assert set(map(tuple, one)) == set(map(tuple, left + right))  # the same batches, dealt
+    assert len(left + right) == len(one) + 1  # 101 items pack into an odd count: one repeated
+    ranks[0].set_epoch(1)
+    assert list(ranks[0]) != left
+
+
+def test_an_item_longer_than_the_budget_is_a_batch_alone():
+    batches = list(DurationBatchSampler([50, 5, 5], batch_secs=20, shuffle=False))
+    assert batches == [[0], [1, 2]]

@@ -82,6 +82,15 @@ class AudioDataset(Dataset):
             return int(self.durations[index] * self.sample_rate)
         return None
 
+    def item_durations(self) -> list[float]:
+        """Seconds of audio each item yields (after cropping to ``max_secs``)."""
+        frames = [self.num_frames(i) for i in range(len(self))]
+        if None in frames:
+            raise ValueError("item lengths are unknown: the manifest needs the duration "
+                             "column written at stage 0")
+        limit = self.max_frames or max(frames, default=0)
+        return [min(f, limit) / self.sample_rate for f in frames]
+
     def crop_offset(self, index: int) -> int | None:
         """First frame of the window to read (None: from the start)."""
         frames = self.num_frames(index)

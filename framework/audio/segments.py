@@ -49,6 +49,10 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.windows)
 
+    def item_durations(self) -> list[float]:
+        """Seconds of each window."""
+        return [frames / self.utterances.sample_rate for _, _, frames in self.windows]
+
     def __getitem__(self, item: int) -> dict:
         index, start, frames = self.windows[item]
         return {"id": self.utterances.ids[index], "utt": index,
