@@ -3,6 +3,9 @@ helper running the KWS recipe on it with settings small enough for CPU tests."""
 from __future__ import annotations
 
 import copy
+import os
+import socket
+import subprocess
 
 import pytest
 
@@ -47,3 +50,21 @@ def run_kws(corpus):
         settings = merge(merge(FAST, corpus_overrides(corpus)), overrides)
         return problem().run(dotlist=list(dotlist), target_dir=str(target_dir), **settings)
     return run
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(commands: list[list[str]], env: dict | None = None, timeout: float = 300):
+    """Start every command at once (the processes of one distributed run); wait for all;
+    return ``[(returncode, stderr), ...]``."""
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, **(env or {})}) for cmd in commands]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        results.append((proc.returncode, err))
+    return results

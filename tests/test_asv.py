@@ -17,7 +17,7 @@ from corpora.synthesize import synthesize_voxceleb1
 from framework.audio.dataset import AudioDataset
 from framework.audio.segments import WindowDataset, collate_windows
 from recipes.asv import ASV
-from tests.conftest import merge
+from tests.conftest import free_port, launch, merge
 
 # A small x-vector and a few hundred steps: about 10 s on 2 cores.
 ASV_FAST = {
@@ -197,3 +197,19 @@ def test_long_utterances_are_embedded_in_windows(tmp_path, finished):
     outputs = task.eval_step(batch)
     _, pooled = task.summarize(outputs)
     np.testing.assert_allclose(pooled[0], outputs["embedding"].mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_two_processes_extract_and_score_like_one(finished, tmp_path):
+    target = copy_run(finished, tmp_path)
+    shutil.rmtree(target / "evaluate/embeddings")
+    port = str(free_port())
+    commands = [[sys.executable, "-m", "framework", "run", "asv", f"target_dir={target}",
+                 "start=evaluate", "force=true", "world_size=2", f"rank={rank}"]
+                for rank in (0, 1)]
+    for code, err in launch(commands, env={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}):
+        assert code == 0, err[-2000:]
+    for split in ("valid", "veri_test2"):
+        one = pd.read_csv(finished / f"evaluate/valid_best/{split}/scores.csv")
+        two = pd.read_csv(target / f"evaluate/valid_best/{split}/scores.csv")
+        assert (one[["id1", "id2", "label"]] == two[["id1", "id2", "label"]]).all().all()
+        np.testing.assert_allclose(two.score, one.score, atol=1e-5)

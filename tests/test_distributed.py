@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,18 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import corpus_overrides
+from tests.conftest import corpus_overrides, free_port, launch
 
 SETTINGS = ["num_workers=0", "train.total_steps=40", "train.eval_step=20", "train.save_step=20",
             "train.log_step=10", "build_optimizer.conf.lr=3e-3",
             "build_batch_sampler.test.batch_size=10", "build_dataset.train.max_secs=0.8"]
 PER_RANK_BATCH = 8
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_args(target_dir, corpus, batch_size: int) -> list[str]:
@@ -33,17 +26,6 @@ def run_args(target_dir, corpus, batch_size: int) -> list[str]:
             f"prepare_data.dataset_root={roots['dataset_root']}",
             f"prepare_data.test_root={roots['test_root']}",
             f"build_batch_sampler.train.batch_size={batch_size}"]
-
-
-def launch(commands: list[list[str]], env: dict | None = None, timeout: float = 300):
-    """Start every command at once; wait for all; return their CompletedProcess-like results."""
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, **(env or {})}) for cmd in commands]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=timeout)
-        results.append((proc.returncode, err))
-    return results
 
 
 def assert_all_ok(results) -> None:
