@@ -21,12 +21,18 @@ demo: setup
 	$(PY) -m framework run kws --config configs/kws_demo.yaml target_dir=$(DEMO)/kws \
 	    prepare_data.dataset_root=$(DEMO)/corpus/speech_commands_v0.01 \
 	    prepare_data.test_root=$(DEMO)/corpus/speech_commands_test_set_v0.01
+	$(PY) -m corpora.synthesize voxceleb1 $(DEMO)/corpus
+	$(PY) -m framework run asv --config configs/asv_demo.yaml target_dir=$(DEMO)/asv \
+	    prepare_data.dev_root=$(DEMO)/corpus/vox1_dev_wav \
+	    prepare_data.test_root=$(DEMO)/corpus/vox1_test_wav prepare_data.trials_dir=$(DEMO)/corpus
 
 test: setup
 	$(PY) -m pytest -q tests
 
 bench: setup
 	$(PY) bench/kws_train_throughput.py
+	$(PY) bench/asv_scoring.py
+	$(PY) bench/asv_embedding_memory.py
 
 clean:
 	rm -rf $(VENV) exp
