@@ -73,10 +73,11 @@ class WaveformCache:
         start, length = self.index[index]
         first = start + (offset or 0)
         last = start + length if max_frames is None else min(start + length, first + max_frames)
-        samples = np.asarray(self.data[first:last], dtype=np.float32)
-        if self.dtype == np.int16:
+        if self.dtype == np.int16:  # the conversion makes a fresh, writable array
+            samples = self.data[first:last].astype(np.float32)
             samples /= 32768.0
-        return torch.from_numpy(samples)
+            return torch.from_numpy(samples)
+        return torch.from_numpy(np.array(self.data[first:last]))  # a copy: the map is read-only
 
 
 def build(rows, sample_rate: int, folder: Path) -> None:

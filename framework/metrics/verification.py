@@ -141,7 +141,7 @@ def _unit_rows(matrix: torch.Tensor) -> torch.Tensor:
 
 def _trial_indices(index1, index2, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Both index arrays as 1-D ``long`` tensors of equal length, each in ``[0, n_rows)``."""
-    first, second = (torch.as_tensor(np.array(index, dtype=np.int64)).reshape(-1)
+    first, second = (torch.tensor(np.asarray(index), dtype=torch.long).reshape(-1)
                      for index in (index1, index2))
     if len(first) != len(second) or len(first) == 0:
         raise TrialsError(f"index1 and index2 must have the same non-zero length, got "
