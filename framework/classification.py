@@ -5,10 +5,8 @@ task is cross-entropy; the report is accuracy, F1, a confusion matrix and friend
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 from framework.audio.dataset import AudioDataset, read_manifest
-from framework.encoder import CategoryEncoder
 from framework.problem import Problem
 from framework.report.classification import write_classification_report
 from framework.tasks.classification import UtteranceClassificationTask
@@ -16,14 +14,6 @@ from framework.tasks.classification import UtteranceClassificationTask
 
 class UtteranceClassification(Problem):
     """One label per utterance (or segment) from a ``label`` manifest column."""
-
-    def build_encoder(self, build_encoder, target_dir, cache_dir, train_csv, valid_csv,
-                      test_csvs):
-        labels = read_manifest(train_csv)["label"]
-        return CategoryEncoder.from_labels(labels).save(Path(target_dir) / "encoder.json")
-
-    def load_encoder(self, path):
-        return CategoryEncoder.load(path)
 
     def model_output_size(self, encoder, cfg) -> int:
         return len(encoder)

@@ -21,10 +21,11 @@ from torch.utils.data import DataLoader
 
 from framework import config as cfglib
 from framework import distributed, workspace
-from framework.audio.dataset import collate_padded
+from framework.audio.dataset import collate_padded, read_manifest
 from framework.audio.io import screen_manifest
 from framework.audio.samplers import BATCH_SAMPLERS
 from framework.checkpoint import CheckpointDir, load_checkpoint
+from framework.encoder import CategoryEncoder
 from framework.errors import ConfigError, UserError
 from framework.models.downstream import DOWNSTREAMS
 from framework.models.featurizer import Featurizer
@@ -468,12 +469,17 @@ class Problem:
         return StageResult(outputs={k: str(v) for k, v in paths.items()})
 
     # -- family hooks -----------------------------------------------------------------------------
+    #: the train manifest column the default encoder lists (``label``, ``spk``, ...)
+    label_column = "label"
+
     def build_encoder(self, build_encoder, target_dir, cache_dir, train_csv, valid_csv,
                       test_csvs):
-        raise NotImplementedError
+        """By default, a JSON list of the values of ``label_column`` in the train manifest."""
+        labels = read_manifest(train_csv)[self.label_column]
+        return CategoryEncoder.from_labels(labels).save(Path(target_dir) / "encoder.json")
 
     def load_encoder(self, path: Path):
-        raise NotImplementedError
+        return CategoryEncoder.load(path)
 
     def model_output_size(self, encoder, cfg) -> int:
         """The model's output size (classes, or embedding size) under config ``cfg``."""

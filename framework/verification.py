@@ -25,7 +25,6 @@ from framework.audio.dataset import AudioDataset, read_manifest
 from framework.audio.segments import WindowDataset, collate_windows
 from framework.checkpoint import load_checkpoint
 from framework.embedding_store import EmbeddingStore
-from framework.encoder import CategoryEncoder
 from framework.audio.io import screen_manifest
 from framework.errors import AudioError, ConfigError, UserError
 from framework.metrics.verification import as_norm, cosine_scores, eer, verification_metrics
@@ -39,6 +38,8 @@ log = logging.getLogger("framework.verification")
 
 class SpeakerVerification(Problem):
     """Speaker embeddings trained by speaker classification, evaluated on trial lists."""
+
+    label_column = "spk"
 
     # -- stage 0 ---------------------------------------------------------------------------
     def stage_prepare_data(self, cfg) -> StageResult:
@@ -60,14 +61,6 @@ class SpeakerVerification(Problem):
         return [s for s in self.manifests() if s != "train" and not s.endswith("_utts")]
 
     # -- stage 1 and model -------------------------------------------------------------------
-    def build_encoder(self, build_encoder, target_dir, cache_dir, train_csv, valid_csv,
-                      test_csvs):
-        speakers = read_manifest(train_csv)["spk"]
-        return CategoryEncoder.from_labels(speakers).save(Path(target_dir) / "encoder.json")
-
-    def load_encoder(self, path):
-        return CategoryEncoder.load(path)
-
     def model_output_size(self, encoder, cfg) -> int:
         return cfg.build_downstream.embedding_size
 

@@ -21,7 +21,6 @@ shows its per-class table, confusion matrix and most frequent confusions.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -30,6 +29,8 @@ matplotlib.use("Agg")  # reports are written on headless machines; never open a 
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
+
+from framework.report.markdown import link, md_row, num, pct, text  # noqa: E402
 
 HEADLINE_CHECKPOINT, HEADLINE_SPLIT = "valid_best", "test"
 N_TOP_CONFUSIONS = 5
@@ -110,11 +111,11 @@ def render_markdown(results: list[dict], classes: list[str], title: str, headlin
 
 def _md_headline(headline: dict) -> str:
     m = headline["metrics"]
-    rows = [("Items", str(m["n"])), ("Accuracy", _pct(m["accuracy"])),
-            ("Macro-F1", _num(m["macro_f1"])), ("Weighted-F1", _num(m["weighted_f1"])),
-            ("Cohen's kappa", _num(m["cohen_kappa"])),
-            ("ROC AUC (one-vs-rest, macro)", _num(m["roc_auc_ovr_macro"]))]
-    rows += [(f"Top-{k} accuracy", _pct(m[f"top_{k}_accuracy"])) for k in _top_ks(m) if k > 1]
+    rows = [("Items", str(m["n"])), ("Accuracy", pct(m["accuracy"])),
+            ("Macro-F1", num(m["macro_f1"])), ("Weighted-F1", num(m["weighted_f1"])),
+            ("Cohen's kappa", num(m["cohen_kappa"])),
+            ("ROC AUC (one-vs-rest, macro)", num(m["roc_auc_ovr_macro"]))]
+    rows += [(f"Top-{k} accuracy", pct(m[f"top_{k}_accuracy"])) for k in _top_ks(m) if k > 1]
     lines = [f"## Headline: {_result_name(headline)}", "", "| Metric | Value |", "|---|---:|"]
     lines += [f"| {name} | {value} |" for name, value in rows]
     if m.get("roc_auc_ovr_reason"):
@@ -126,17 +127,17 @@ def _md_results_table(results: list[dict], headline: dict, out_dir: Path) -> str
     ks = sorted({k for result in results for k in _top_ks(result["metrics"]) if k > 1})
     header = (["Checkpoint", "Step", "Split", "Items", "Accuracy", "Macro-F1", "Kappa",
                "ROC AUC"] + [f"Top-{k}" for k in ks] + ["Predictions"])
-    lines = ["## All results", "", _md_row(header), _md_row(["---"] * 3 + ["---:"] * (
+    lines = ["## All results", "", md_row(header), md_row(["---"] * 3 + ["---:"] * (
         len(header) - 4) + ["---"])]
     for result in results:
         m = result["metrics"]
         star = " ★" if result is headline else ""
-        cells = [f"`{result['checkpoint']}`{star}", _text(result.get("step")),
-                 f"`{result['split']}`", str(m["n"]), _pct(m["accuracy"]), _num(m["macro_f1"]),
-                 _num(m["cohen_kappa"]), _num(m["roc_auc_ovr_macro"])]
-        cells += [_pct(m.get(f"top_{k}_accuracy")) for k in ks]
-        cells.append(_link(result.get("predictions_csv"), out_dir, text="csv"))
-        lines.append(_md_row(cells))
+        cells = [f"`{result['checkpoint']}`{star}", text(result.get("step")),
+                 f"`{result['split']}`", str(m["n"]), pct(m["accuracy"]), num(m["macro_f1"]),
+                 num(m["cohen_kappa"]), num(m["roc_auc_ovr_macro"])]
+        cells += [pct(m.get(f"top_{k}_accuracy")) for k in ks]
+        cells.append(link(result.get("predictions_csv"), out_dir, text="csv"))
+        lines.append(md_row(cells))
     return "\n".join(lines + ["", "★ = headline."])
 
 
@@ -145,8 +146,8 @@ def _md_per_class(metrics: dict, classes: list[str]) -> str:
              "| Class | Precision | Recall | F1 | Support |", "|---|---:|---:|---:|---:|"]
     for name in classes:
         c = metrics["per_class"][name]
-        lines.append(_md_row([_md_name(name), _num(c["precision"]), _num(c["recall"]),
-                              _num(c["f1"]), str(c["support"])]))
+        lines.append(md_row([_md_name(name), num(c["precision"]), num(c["recall"]),
+                              num(c["f1"]), str(c["support"])]))
     return "\n".join(lines)
 
 
@@ -156,12 +157,12 @@ def _md_confusion(metrics: dict, classes: list[str]) -> str:
              f"![Confusion matrix: counts and share of all items]({PNG_NAME})", "",
              "Counts; rows are the true class, columns the predicted class; "
              "the diagonal (bold) is correct.", "",
-             _md_row(["true \\ predicted"] + [_md_name(name) for name in classes]),
-             _md_row(["---"] + ["---:"] * len(classes))]
+             md_row(["true \\ predicted"] + [_md_name(name) for name in classes]),
+             md_row(["---"] + ["---:"] * len(classes))]
     for i, (name, row) in enumerate(zip(classes, metrics["confusion_matrix"])):
         # Bold diagonal: the correct predictions, so a reader's eye finds the errors around it.
         cells = [f"**{count}**" if j == i else str(count) for j, count in enumerate(row)]
-        lines.append(_md_row([_md_name(name)] + cells))
+        lines.append(md_row([_md_name(name)] + cells))
     return "\n".join(lines)
 
 
@@ -173,7 +174,7 @@ def _md_top_confusions(metrics: dict, classes: list[str]) -> str:
     for true, predicted, count in pairs:
         support = metrics["per_class"][true]["support"]
         lines.append(f"1. {_md_name(true)} → {_md_name(predicted)}: {count} "
-                     f"({_pct(count / support)} of {_md_name(true)})")
+                     f"({pct(count / support)} of {_md_name(true)})")
     return "\n".join(lines)
 
 
@@ -181,7 +182,7 @@ def _md_predictions(results: list[dict], out_dir: Path) -> str:
     lines = ["## Predictions files", ""]
     for result in results:
         lines.append(f"- {_result_name(result)}: "
-                     f"{_link(result.get('predictions_csv'), out_dir)}")
+                     f"{link(result.get('predictions_csv'), out_dir)}")
     return "\n".join(lines)
 
 
@@ -288,32 +289,3 @@ def _md_name(name: str) -> str:
     """A class name as inline code, so ``_silence_`` is not rendered in italics."""
     return "`" + str(name).replace("|", "\\|") + "`"
 
-
-def _md_row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def _link(target, out_dir: Path, text: str | None = None) -> str:
-    """A markdown link to ``target`` relative to ``out_dir``, or ``—`` without a target.
-
-    The link text defaults to that relative path, which is what a reader would type.
-    """
-    if not target:
-        return "—"
-    try:
-        href = Path(os.path.relpath(Path(target), out_dir)).as_posix()
-    except ValueError:  # another drive on Windows: keep the absolute path
-        href = Path(target).as_posix()
-    return f"[{text or href}]({href})"
-
-
-def _num(value) -> str:
-    return "—" if value is None else f"{value:.4f}"
-
-
-def _pct(value) -> str:
-    return "—" if value is None else f"{100 * value:.2f} %"
-
-
-def _text(value) -> str:
-    return "—" if value is None else str(value)

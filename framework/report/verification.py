@@ -17,7 +17,6 @@ is only reported, never used to choose.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -28,6 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from framework.metrics.verification import det_points, eer, load_scores  # noqa: E402
+from framework.report.markdown import link, md_row, num, pct, text  # noqa: E402
 
 VALID = "valid"
 DET_PNG, HISTOGRAM_PNG = "det_curve.png", "score_histogram.png"
@@ -141,36 +141,36 @@ def _md_headline(chosen: dict, headline: list[dict]) -> str:
     valid = chosen["valid"]["metrics"]
     step = f" (step {chosen['step']})" if chosen["step"] is not None else ""
     lines = [f"**Chosen checkpoint: `{chosen['name']}`{step}**, the lowest validation EER "
-             f"({_pct(valid['eer'])} on {_count(valid['n_trials'])} trials). On test:", "",
-             _md_row(["Test split", "EER", "minDCF 0.01", "minDCF 0.05",
+             f"({pct(valid['eer'])} on {_count(valid['n_trials'])} trials). On test:", "",
+             md_row(["Test split", "EER", "minDCF 0.01", "minDCF 0.05",
                       "Trials (target / non-target)", "EER threshold"]),
-             _md_row(["---"] + ["---:"] * 5)]
+             md_row(["---"] + ["---:"] * 5)]
     for entry in headline:
         m = entry["metrics"]
-        lines.append(_md_row([f"`{entry['split']}`", f"**{_pct(m['eer'])}**",
-                              _num(m["min_dcf_0.01"]), _num(m["min_dcf_0.05"]),
-                              _trials(m), _num(m["eer_threshold"])]))
+        lines.append(md_row([f"`{entry['split']}`", f"**{pct(m['eer'])}**",
+                              num(m["min_dcf_0.01"]), num(m["min_dcf_0.05"]),
+                              _trials(m), num(m["eer_threshold"])]))
     lines.append("")
     for entry in headline:
         at = entry["at_valid_threshold"]
-        lines.append(f"- At the validation EER threshold ({_num(at['threshold'])}), "
-                     f"`{entry['split']}` misses {_pct(at['p_miss'])} of target trials and "
-                     f"accepts {_pct(at['p_fa'])} of non-target trials.")
+        lines.append(f"- At the validation EER threshold ({num(at['threshold'])}), "
+                     f"`{entry['split']}` misses {pct(at['p_miss'])} of target trials and "
+                     f"accepts {pct(at['p_fa'])} of non-target trials.")
     return "\n".join(lines)
 
 
 def _md_results(results: list[dict], chosen: dict, out_dir: Path) -> str:
     header = ["Checkpoint", "Step", "Split", "EER", "minDCF 0.01", "minDCF 0.05",
               "Trials (target / non-target)", "EER threshold", "Scores"]
-    lines = ["## All checkpoints", "", _md_row(header),
-             _md_row(["---"] * 3 + ["---:"] * 5 + ["---"])]
+    lines = ["## All checkpoints", "", md_row(header),
+             md_row(["---"] * 3 + ["---:"] * 5 + ["---"])]
     for record in results:
         m = record["metrics"]
         star = " ★" if record["checkpoint"] == chosen["name"] else ""
-        lines.append(_md_row([f"`{record['checkpoint']}`{star}", _text(record.get("step")),
-                              f"`{record['split']}`", _pct(m["eer"]), _num(m["min_dcf_0.01"]),
-                              _num(m["min_dcf_0.05"]), _trials(m), _num(m["eer_threshold"]),
-                              _link(record.get("scores_csv"), out_dir, "csv")]))
+        lines.append(md_row([f"`{record['checkpoint']}`{star}", text(record.get("step")),
+                              f"`{record['split']}`", pct(m["eer"]), num(m["min_dcf_0.01"]),
+                              num(m["min_dcf_0.05"]), _trials(m), num(m["eer_threshold"]),
+                              link(record.get("scores_csv"), out_dir, "csv")]))
     return "\n".join(lines + ["", "★ = chosen checkpoint."])
 
 
@@ -220,7 +220,7 @@ def plot_det_curves(tables: dict, path: str | Path, title: str = "") -> Path:
     ax.plot(probit([low, high]), probit([low, high]), color="0.7", lw=0.8, ls="--")
     for split, (p_fa, p_miss) in curves.items():
         line, = ax.plot(probit(p_fa), probit(p_miss), lw=1.6,
-                        label=f"{split} (EER {_pct(rates[split])})")
+                        label=f"{split} (EER {pct(rates[split])})")
         ax.plot(*probit([rates[split]] * 2), "o", color=line.get_color(), ms=5)
     ticks = [t for t in DET_TICKS if low <= t <= high]
     for axis in (ax.xaxis, ax.yaxis):
@@ -262,10 +262,10 @@ def plot_score_histograms(tables: dict, headline: list[dict], path: str | Path,
         ax.hist(scores[~target], bins=bins, density=True, alpha=0.55, label="non-target")
         ax.hist(scores[target], bins=bins, density=True, alpha=0.55, label="target")
         ax.axvline(m["eer_threshold"], color="k", lw=1.2,
-                   label=f"EER threshold {_num(m['eer_threshold'])}")
+                   label=f"EER threshold {num(m['eer_threshold'])}")
         ax.axvline(entry["at_valid_threshold"]["threshold"], color="k", lw=1.0, ls="--",
                    label="validation EER threshold")
-        ax.set(title=f"{entry['split']}: EER {_pct(m['eer'])}", xlabel="score",
+        ax.set(title=f"{entry['split']}: EER {pct(m['eer'])}", xlabel="score",
                ylabel="density")
         ax.legend(fontsize=8)
     fig.suptitle(title)
@@ -281,32 +281,6 @@ def _trials(m: dict) -> str:
     return f"{_count(m['n_trials'])} ({_count(m['n_target'])} / {_count(m['n_nontarget'])})"
 
 
-def _md_row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def _link(target, out_dir: Path, text: str) -> str:
-    """A markdown link to ``target`` relative to ``out_dir``, or ``—`` without a target."""
-    if not target:
-        return "—"
-    try:
-        href = Path(os.path.relpath(Path(target), out_dir)).as_posix()
-    except ValueError:  # another drive on Windows: keep the absolute path
-        href = Path(target).as_posix()
-    return f"[{text}]({href})"
-
-
 def _count(value: int) -> str:
     return f"{value:,}"
 
-
-def _num(value) -> str:
-    return "—" if value is None else f"{value:.4f}"
-
-
-def _pct(value) -> str:
-    return "—" if value is None else f"{100 * value:.2f} %"
-
-
-def _text(value) -> str:
-    return "—" if value is None else str(value)
