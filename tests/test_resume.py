@@ -20,8 +20,10 @@ def train_command(target_dir, corpus) -> list[str]:
             "stop=train", "num_workers=0", f"prepare_data.dataset_root={roots['dataset_root']}",
             f"prepare_data.test_root={roots['test_root']}", "train.total_steps=120",
             "train.save_step=20", "train.eval_step=40", "train.log_step=20",
-            "build_optimizer.conf.lr=3e-3", "build_batch_sampler.train.batch_size=16",
-            "build_dataset.train.max_secs=0.8"]  # random crops: their RNG must resume too
+            "build_optimizer.conf.lr=3e-3", "build_batch_sampler.train.batch_size=8",
+            "build_dataset.train.max_secs=0.8",  # random crops: their RNG must resume too
+            "train.gradient_accumulate=2",  # the accumulation phase must resume too
+            "train.use_scheduler=true", "build_scheduler.conf.gamma=0.995"]  # and the schedule
 
 
 def checkpointed_steps(target_dir) -> list[int]:
