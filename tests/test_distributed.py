@@ -134,3 +134,24 @@ def test_torchrun_environment_contradicting_the_config_is_an_error(tmp_path, cor
            "MASTER_PORT": str(free_port())}
     [(code, err)] = launch([[sys.executable, "-m", "framework", *args]], env=env, timeout=60)
     assert code == 2 and "contradict the launcher's WORLD_SIZE=2" in err
+
+
+def test_a_distributed_run_killed_mid_step_resumes_exactly(tmp_path, corpus):
+    def two_ranks(target, kill_rank1=None):
+        args = run_args(target, corpus, PER_RANK_BATCH) + ["stop=train"]
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+        kill = {"SPEECH_RECIPES_KILL_AT": kill_rank1} if kill_rank1 else {}
+        procs = [subprocess.Popen([sys.executable, "-m", "framework", *args, "world_size=2",
+                                   f"rank={rank}"], stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, **env, **(kill if rank else {})})
+                 for rank in (0, 1)]
+        return [(proc.communicate(timeout=300)[1], proc.returncode) for proc in procs]
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert [code for _, code in two_ranks(straight)] == [0, 0]
+    assert [code for _, code in two_ranks(killed, kill_rank1="step@30")] == [2, -9]
+    resumed = two_ranks(killed)
+    assert [code for _, code in resumed] == [0, 0], resumed[0][0][-2000:]
+    assert "resumed from" in resumed[0][0] and "step-00000020.pt" in resumed[0][0]
+    expected, got = final_params(straight), final_params(killed)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
