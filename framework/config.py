@@ -3,9 +3,11 @@
 Every top-level section is named after the ``build_*`` (or stage) method that receives it.
 Merging is strict: a key absent from the defaults is an error that names the nearest valid
 key, a value of the wrong type is an error, and a ``???`` left unset is an error before any
-stage runs. Only mappings named ``conf`` are open: they are keyword arguments handed to a
-class chosen by ``name`` (an optimizer, an upstream, ...), and are checked against that
-class's signature when it is built.
+stage runs. Only mappings named ``conf`` (or ``loss_conf``) are open: they are keyword
+arguments handed to a class chosen by a name (an optimizer, an upstream, a loss, ...), and are
+checked against that class's signature before any stage runs. ``section.conf.key=value``
+merges one argument; ``section.conf={...}`` on the command line replaces the whole mapping
+(how to drop the arguments of the previously chosen class).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from framework.errors import ConfigError
 from framework.registry import closest
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-OPEN_KEYS = {"conf"}
+OPEN_KEYS = {"conf", "loss_conf"}
 STAGE_KEYS = {"start", "stop"}  # a number or a name; checked by framework.stages.stage_index
 
 
@@ -56,6 +58,15 @@ def parse_dotlist(items: Iterable[str]) -> DictConfig:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override '{item}' is not of the form section.key=value")
     return OmegaConf.from_dotlist(items)
+
+
+def replace_open_mappings(cfg: DictConfig, items: Iterable[str]) -> None:
+    """Apply ``section.conf={...}`` dotlist items as replacements, not merges (in place)."""
+    for item in items:
+        key, _, value = item.partition("=")
+        if key.rsplit(".", 1)[-1] in OPEN_KEYS and value.lstrip().startswith("{"):
+            mapping = OmegaConf.select(OmegaConf.from_dotlist([item]), key)
+            OmegaConf.update(cfg, key, OmegaConf.to_container(mapping), merge=False)
 
 
 def merge_layer(base: DictConfig, layer: Any, origin: str) -> DictConfig:

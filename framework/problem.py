@@ -92,6 +92,7 @@ class Problem:
         for path in config_files:
             cfg = cfglib.merge_layer(cfg, cfglib.load_yaml(path), f"--config {path}")
         cfg = cfglib.merge_layer(cfg, cfglib.parse_dotlist(dotlist), "command line")
+        cfglib.replace_open_mappings(cfg, dotlist)
         cfg = cfglib.merge_layer(cfg, overrides or {}, "run() arguments")
         cfglib.check_complete(cfg, cls.config_comments())
         return cfg

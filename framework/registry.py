@@ -80,4 +80,6 @@ def check_kwargs(fn, conf: dict, key: str, given: dict | None = None) -> None:
     for name in conf:
         if name not in accepted:
             raise ConfigError(f"{key}.{name}: not an argument of {fn.__name__}"
-                              f"{closest(name, accepted)} Accepted: {', '.join(accepted)}.")
+                              f"{closest(name, accepted)} Accepted: {', '.join(accepted)}. "
+                              f"To drop arguments set for another choice, replace the whole "
+                              f"mapping: {key}={{...}}")

@@ -28,7 +28,9 @@ from framework.embedding_store import EmbeddingStore
 from framework.audio.io import screen_manifest
 from framework.errors import AudioError, ConfigError, UserError
 from framework.metrics.verification import as_norm, cosine_scores, eer, verification_metrics
+from framework.models.losses import LOSSES
 from framework.problem import Problem, manifest_outputs
+from framework.registry import check_kwargs
 from framework.report.verification import best_by_valid_eer, write_verification_report
 from framework.stages import StageResult, file_digest
 from framework.tasks.verification import SpeakerVerificationTask
@@ -60,7 +62,14 @@ class SpeakerVerification(Problem):
     def trial_splits(self) -> list[str]:
         return [s for s in self.manifests() if s != "train" and not s.endswith("_utts")]
 
-    # -- stage 1 and model -------------------------------------------------------------------
+    def check_builders(self, cfg) -> None:
+        """Also the loss: a wrong name or argument fails before stage 0, not at training."""
+        super().check_builders(cfg)
+        conf = cfg.build_task
+        check_kwargs(LOSSES.get(conf.loss_type, "build_task.loss_type"), conf.loss_conf,
+                     "build_task.loss_conf", dict.fromkeys(("input_size", "num_classes")))
+
+    # -- model -------------------------------------------------------------------------------
     def model_output_size(self, encoder, cfg) -> int:
         return cfg.build_downstream.embedding_size
 

@@ -213,3 +213,24 @@ def test_two_processes_extract_and_score_like_one(finished, tmp_path):
         two = pd.read_csv(target / f"evaluate/valid_best/{split}/scores.csv")
         assert (one[["id1", "id2", "label"]] == two[["id1", "id2", "label"]]).all().all()
         np.testing.assert_allclose(two.score, one.score, atol=1e-5)
+
+
+def test_a_wrong_loss_argument_fails_before_stage_0(tmp_path, vox_corpus):
+    from framework.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="build_task.loss_conf.margin: not an argument of "
+                                          "Softmax.*replace the whole mapping"):
+        run_asv(tmp_path / "run", vox_corpus, dotlist=["build_task.loss_type=softmax"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_whole_mapping_on_the_command_line_replaces_the_default(tmp_path, vox_corpus):
+    settings = {k: v for k, v in ASV_FAST.items() if k != "build_downstream"}
+    settings["train"] = {**ASV_FAST["train"], "total_steps": 2, "eval_step": 2, "save_step": 2}
+    ASV().run(target_dir=str(tmp_path), stop="train", dotlist=[
+        "build_task.loss_type=softmax", "build_task.loss_conf={}",
+        "build_downstream.conf={hidden_size: 32, channels: [32, 32, 32, 32, 64]}",
+        "build_downstream.embedding_size=16",
+        *(f"prepare_data.{k}={v}" for k, v in vox_corpus.items())], **settings)
+    saved = (tmp_path / "train/config.yaml").read_text()
+    assert "loss_type: softmax\n  loss_conf: {}" in saved
