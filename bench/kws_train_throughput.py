@@ -7,7 +7,7 @@ Synthesizes a Speech Commands corpus of ~10k utterances (real layout), prepares 
     and the final validation cancel out;
   * bare: the same model, optimizer and batch size in a plain loop over batches already in
     memory (forward, backward, clip, step): the limit on this machine.
-Usage: python bench/kws_train_throughput.py [--speakers 330] [--steps 1500] [--workers 2]
+Usage: python bench/kws_train_throughput.py [--speakers 330] [--steps 1500] [--workers 0]
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ def settings(args, target: Path, roots: dict, steps: int) -> dict:
                 prepare_data={"dataset_root": str(roots["v0.01"]),
                               "test_root": str(roots["test_v0.01"])},
                 train={"total_steps": steps, "eval_step": 10**9, "save_step": 10**9,
+                       "auto_resume": False,  # a rerun must train, not resume the last run
                        "log_step": 10**9}, eval_batch=1)
 
 
@@ -59,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speakers", type=int, default=330)
     parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=0)  # in-process: the default and fastest
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="kws_bench_"))

@@ -169,7 +169,7 @@ class Trainer:
                     self.out_of_memory(batch)
             total += loss.item() / len(batches)
         if self.dist.enabled:  # every process must take the same decision about this step
-            mean = torch.tensor([total], dtype=torch.float64)
+            mean = torch.tensor([total], dtype=torch.float64, device=self.device)  # nccl: on GPU
             torch.distributed.all_reduce(mean)
             total = mean.item() / self.dist.world_size
         return total
