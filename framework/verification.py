@@ -129,10 +129,10 @@ class SpeakerVerification(Problem):
                                                                  "build_featurizer",
                                                                  "build_downstream")}}
         store = EmbeddingStore(self.target_dir / "evaluate" / "embeddings" / ckpt.stem / name)
-        embeddings = self.dist.on_main(lambda: store.load(key), "reading stored embeddings")
-        if embeddings is not None:
+        stored = store.load(key) if self.dist.is_main else None
+        if self.dist.broadcast(stored is not None):  # only rank 0 uses them: send a flag
             log.info("%s: reusing the stored embeddings of %s", name, ckpt.name)
-            return embeddings
+            return stored
         embeddings = self.embed(cfg, task, utts_csv)
         if self.dist.is_main:
             store.save(key, embeddings)
@@ -174,8 +174,8 @@ class SpeakerVerification(Problem):
                               self.cfg.evaluate.as_norm.top_k)
         metrics = verification_metrics(scores["score"], scores["label"])
         # the `score` command compares plain cosines: keep their threshold even under AS-norm
-        cosine = cosine_scores(embeddings, *trial_rows(csvs[split], csvs[f"{split}_utts"]))
-        _, metrics["cosine_eer_threshold"] = eer(cosine, scores["label"])
+        _, metrics["cosine_eer_threshold"] = eer(scores.get("cosine", scores["score"]),
+                                                 scores["label"])
         folder = self.target_dir / "evaluate" / name / split
         folder.mkdir(parents=True, exist_ok=True)
         scores.to_csv(folder / "scores.csv", index=False)
@@ -278,14 +278,18 @@ def write_cohort(train_csv, out_csv, per_speaker: int) -> Path:
 def score_trials(trials_csv, utts_csv, embeddings, cohort=None, top_k: int = 300
                  ) -> pd.DataFrame:
     """``id1, id2, label, score`` for every trial: cosine of the two embeddings (rows of
-    ``embeddings`` follow ``utts_csv``), AS-normalised when a ``cohort`` (C, E) is given."""
+    ``embeddings`` follow ``utts_csv``); with a ``cohort`` (C, E) ``score`` is AS-normalised
+    and the plain cosine is kept as a ``cosine`` column."""
     trials = read_manifest(trials_csv)
     index1, index2 = trial_rows(trials_csv, utts_csv)
-    scores = cosine_scores(embeddings, index1, index2)
+    table = pd.DataFrame({"id1": trials["id1"], "id2": trials["id2"],
+                          "label": trials["label"].astype(int),
+                          "score": cosine_scores(embeddings, index1, index2)})
     if cohort is not None:
-        scores = as_norm(scores, embeddings, index1, index2, cohort, top_k)
-    return pd.DataFrame({"id1": trials["id1"], "id2": trials["id2"],
-                         "label": trials["label"].astype(int), "score": scores})
+        table["cosine"] = table["score"]
+        table["score"] = as_norm(table["cosine"].to_numpy(), embeddings, index1, index2,
+                                 cohort, top_k)
+    return table
 
 
 def trial_rows(trials_csv, utts_csv) -> tuple[np.ndarray, np.ndarray]:

@@ -126,6 +126,7 @@ def test_as_norm_rescores_against_training_speakers(finished, vox_corpus, tmp_pa
     normed = pd.read_csv(target / "evaluate/valid_best/veri_test2/scores.csv")
     assert (plain[["id1", "id2"]] == normed[["id1", "id2"]]).all().all()
     assert not np.allclose(plain.score, normed.score)
+    np.testing.assert_allclose(normed.cosine, plain.score, atol=1e-6)  # raw cosine kept
     assert (target / "evaluate/embeddings/valid_best/cohort/embeddings.npy").is_file()
     eer = next(r for r in results(target) if r["split"] == "veri_test2")["metrics"]["eer"]
     assert eer < 0.3
