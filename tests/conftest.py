@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 import socket
 import subprocess
 
@@ -53,9 +54,19 @@ def run_kws(corpus):
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free TCP port below Linux's ephemeral range (32768-60999). A port inside it can be
+    handed to a client connecting to it before the server listens, which then connects to
+    itself (TCP self-connect) and waits forever: a torchrun rendezvous hang seen in CI."""
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def launch(commands: list[list[str]], env: dict | None = None, timeout: float = 300):
