@@ -134,9 +134,14 @@ def describe(shape: Distributed) -> str:
             f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}")
 
 
-def stop(shape: Distributed) -> None:
-    if shape.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+def stop(shape: Distributed, clean: bool = True) -> None:
+    """Leave the process group. After a clean run all ranks first meet, so none tears down
+    its connections while a peer still uses them (seen as an abort at exit under torchrun)."""
+    if not (shape.enabled and dist.is_initialized()):
+        return
+    if clean:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def is_peer_failure(err: BaseException) -> bool:

@@ -132,13 +132,17 @@ class Problem:
         self.device = pick_device(distributed.local_device(cfg.device, self.dist))
         distributed.start(self.dist, self.device, cfg.dist_backend, cfg.dist_timeout)
         try:
-            return self.run_stages()
+            records = self.run_stages()
         except RuntimeError as err:
+            distributed.stop(self.dist, clean=False)
             if self.dist.enabled and distributed.is_peer_failure(err):
                 raise distributed.peer_failure(self.dist, err) from err
             raise
-        finally:
-            distributed.stop(self.dist)
+        except BaseException:
+            distributed.stop(self.dist, clean=False)
+            raise
+        distributed.stop(self.dist)
+        return records
 
     def run_stages(self) -> dict:
         cfg = self.cfg
