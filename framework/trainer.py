@@ -281,7 +281,9 @@ class Trainer:
         self.restore_rng(state["rng"], path)
         log.info("resumed from %s at step %d", path, self.progress.step)
 
-    def restore_rng(self, rngs: list, path) -> None:
+    def restore_rng(self, rngs: list | dict, path) -> None:
+        if isinstance(rngs, dict):  # written before checkpoints held one state per rank
+            rngs = [rngs]
         if len(rngs) == self.dist.world_size:
             set_rng_state(rngs[self.dist.rank])
             return
@@ -327,7 +329,8 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "numpy" in state:  # absent from checkpoints of earlier versions
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -84,3 +84,13 @@ def test_killed_runs_resume_to_the_same_parameters_and_metrics(tmp_path, corpus)
     best = [torch.load(d / "train/checkpoints/valid_best.pt", weights_only=True)["task"]
             for d in (straight, killed)]
     assert all(torch.equal(best[0][k], best[1][k]) for k in best[0])
+
+
+def test_rng_states_of_earlier_checkpoints_still_restore():
+    from framework.trainer import rng_state, set_rng_state
+
+    state = rng_state()
+    expected = torch.rand(3)
+    del state["numpy"]  # checkpoints of earlier versions hold python and torch states only
+    set_rng_state(state)
+    assert torch.equal(torch.rand(3), expected)
