@@ -31,8 +31,9 @@ from framework.models.downstream import DOWNSTREAMS
 from framework.models.featurizer import Featurizer
 from framework.models.model import UpstreamDownstreamModel
 from framework.models.upstream import UPSTREAMS
+from framework.progress import progress
 from framework.registry import check_kwargs
-from framework.stages import STAGES, StageBook, StageResult, stage_index
+from framework.stages import STAGES, StageBook, StageResult, corpus_inputs, stage_index
 from framework.trainer import Trainer, TrainConfig, seed_everything, to_device
 
 log = logging.getLogger("framework.problem")
@@ -219,7 +220,8 @@ class Problem:
                                       self.cache_dir, get_path_only=False)
         for split, csv in manifests.items():
             self.screen(split, csv)
-        return StageResult(outputs=manifest_outputs(manifests))
+        return StageResult(outputs=manifest_outputs(manifests),
+                           inputs=corpus_inputs(cfglib.to_plain(cfg.prepare_data)))
 
     def fresh_data_dir(self) -> Path:
         """``target_dir/data``, with no excluded-audio list left from an earlier run."""
@@ -394,13 +396,11 @@ class Problem:
 
     def eval_batches(self, task, loader, eval_batch: int, device) -> list[dict]:
         """``task.eval_step`` of this process's batches (at most ``eval_batch`` of them)."""
-        from tqdm import tqdm
-
         task.eval()
         total = len(loader) if eval_batch < 0 else min(eval_batch, len(loader))
         out = []
-        for index, batch in enumerate(tqdm(loader, total=total, desc="evaluate", leave=False,
-                                           mininterval=1.0, disable=not self.dist.is_main)):
+        for index, batch in enumerate(progress(loader, total=total, desc="evaluate", leave=False,
+                                               disable=not self.dist.is_main)):
             if index == total:
                 break
             out.append(task.eval_step(to_device(batch, device)))

@@ -58,6 +58,12 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def corpus_inputs(prepare_data: dict) -> list[str]:
+    """The files and folders stage 0 read, named by its ``prepare_data`` section: every
+    value that is an existing path. Their digests go into stage 0's fingerprint."""
+    return []  # TODO(issue 8 §4): folder listings with sizes and mtimes
+
+
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -22,12 +22,12 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from framework.checkpoint import FORMAT, CheckpointDir, load_checkpoint
 from framework.distributed import Distributed
 from framework.errors import UserError
 from framework.faults import kill_point
+from framework.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,8 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> Progress:
         self.resume()
-        bar = tqdm(total=self.conf.total_steps, initial=self.progress.step, desc="train",
-                   dynamic_ncols=True, mininterval=1.0, disable=not self.dist.is_main)
+        bar = progress(total=self.conf.total_steps, initial=self.progress.step, desc="train",
+                       unit="step", disable=not self.dist.is_main)
         losses, started = [], [time.time()]
         while self.progress.step < self.conf.total_steps:
             for batches in self.step_groups():

@@ -32,7 +32,7 @@ from framework.models.losses import LOSSES
 from framework.problem import Problem, manifest_outputs
 from framework.registry import check_kwargs
 from framework.report.verification import best_by_valid_eer, write_verification_report
-from framework.stages import StageResult, file_digest
+from framework.stages import StageResult, corpus_inputs, file_digest
 from framework.tasks.verification import SpeakerVerificationTask
 
 log = logging.getLogger("framework.verification")
@@ -57,7 +57,8 @@ class SpeakerVerification(Problem):
             self.screen(f"{split} utterances", utts)
             drop_unusable_trials(trials, utts, split)
             outputs.update({split: trials, f"{split}_utts": utts})
-        return StageResult(outputs=manifest_outputs(outputs))
+        return StageResult(outputs=manifest_outputs(outputs),
+                           inputs=corpus_inputs(cfglib.to_plain(cfg.prepare_data)))
 
     def trial_splits(self) -> list[str]:
         return [s for s in self.manifests() if s != "train" and not s.endswith("_utts")]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from framework.config import save_yaml
 from framework.errors import UserError
+from framework.progress import BarSafeHandler
 
 PACKAGES = ("speech-recipes", "torch", "torchaudio", "numpy", "omegaconf", "pandas",
             "scikit-learn", "soundfile", "tqdm", "matplotlib", "tensorboard")
@@ -68,7 +69,7 @@ def setup_logging(target_dir: Path | None, verbose: bool = True, rank: int | Non
 
     ``rank`` (distributed runs): ranks other than 0 write no file and only warnings, tagged.
     """
-    handlers = [logging.StreamHandler(sys.stderr)] if verbose else []
+    handlers = [BarSafeHandler(sys.stderr)] if verbose else []
     if target_dir is not None:
         handlers.append(logging.FileHandler(target_dir / "log.txt"))
     tag = f"[rank {rank}] " if rank is not None else ""

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from tqdm import tqdm
 
 from framework.audio.io import read_audio
+from framework.progress import progress
 
 INT16_SUBTYPES = {"PCM_16"}
 
@@ -87,8 +87,8 @@ def build(rows, sample_rate: int, folder: Path) -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     index = np.zeros((len(rows), 2), dtype=np.int64)
     with open(tmp / "data.bin", "wb") as out:
-        for i, (path, start, end) in enumerate(tqdm(rows, desc="cache waveforms",
-                                                     mininterval=1.0)):
+        for i, (path, start, end) in enumerate(progress(rows, desc="cache waveforms",
+                                                         unit="file")):
             wav = read_audio(path, start, end, sample_rate).numpy()
             if lossless:
                 wav = np.round(wav * 32768.0).clip(-32768, 32767)

@@ -51,9 +51,9 @@ import pandas as pd
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
-from tqdm import tqdm
 
 from framework.errors import AudioError, CorpusError
+from framework.progress import progress
 
 __all__ = ["AudioInfo", "ScreenResult", "inspect_audio", "read_audio", "screen_manifest"]
 
@@ -453,7 +453,7 @@ def _inspect_all(keys: list, num_workers: int, desc: str) -> dict:
     """
     chunks = [keys[i:i + _FILES_PER_TASK] for i in range(0, len(keys), _FILES_PER_TASK)]
     found = {}
-    with tqdm(total=len(keys), desc=desc, unit="file") as bar, \
+    with progress(total=len(keys), desc=desc, unit="file") as bar, \
             ThreadPoolExecutor(max(1, num_workers)) as pool:
         for result in pool.map(_inspect_chunk, chunks):
             found.update(result)
