@@ -11,6 +11,7 @@ merges one argument; ``section.conf={...}`` on the command line replaces the who
 """
 from __future__ import annotations
 
+import importlib.resources
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -20,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from framework.errors import ConfigError
 from framework.registry import closest
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# The ``configs`` package holds the defaults, so a wheel install finds them too.
+CONFIG_DIR = Path(str(importlib.resources.files("configs")))
 OPEN_KEYS = {"conf", "loss_conf"}
 STAGE_KEYS = {"start", "stop"}  # a number or a name; checked by framework.stages.stage_index
 

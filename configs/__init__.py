@@ -1,0 +1,1 @@
+"""The default YAML configs, shipped inside the package (found with importlib.resources)."""
