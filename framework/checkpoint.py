@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
 
 from framework.errors import CheckpointError
 from framework.faults import kill_point
+from framework.files import read_json
 from framework.stages import atomic_write_text
 
 FORMAT = 1
@@ -41,8 +43,14 @@ def load_checkpoint(path: str | Path, problem: str | None = None) -> dict:
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's text suggests weights_only=False: never
+        raise CheckpointError(f"{path} holds Python objects beyond tensors and plain values, "
+                              "so it was not written by this framework; it is refused "
+                              "unread (loading it would run code from the file)") from err
     except Exception as err:  # torch raises several types for damaged or foreign files
-        raise CheckpointError(f"{path} is not a readable checkpoint: {err}") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint ({first}); it may be "
+                              "damaged: choose another checkpoint") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} was not written by this framework (format "
                               f"{state.get('format') if isinstance(state, dict) else '?'})")
@@ -71,7 +79,7 @@ class CheckpointDir:
     def index(self) -> dict:
         if not self.index_path.is_file():
             return {"steps": {}, "valid_best": None}
-        return json.loads(self.index_path.read_text())
+        return read_json(self.index_path, "the list of finished checkpoints")
 
     def save_step(self, step: int, state: dict) -> Path:
         path = self.step_path(step)

@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import os
 import sys
 from pathlib import Path
 
 from framework.errors import UserError
+from framework.interrupts import Interrupted
 from framework.registry import closest, first_line
 
 ENTRY_POINT_GROUP = "framework.problems"
@@ -29,7 +31,9 @@ def load_problem(name: str):
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise UserError(f"cannot import '{module_name}' for problem '{name}': {err}") from err
+        raise UserError(f"cannot import '{module_name}' for problem '{name}' ({err}); the "
+                        "module must be importable: on PYTHONPATH (e.g. run from the folder "
+                        "holding it) or in an installed package") from err
     cls = getattr(module, class_name, None)
     if cls is None:
         raise UserError(f"module '{module_name}' has no class '{class_name}'")
@@ -40,10 +44,25 @@ def cmd_run(args) -> None:
     load_problem(args.problem)().run(config_files=args.config, dotlist=args.overrides)
 
 
-def cmd_score(args) -> None:
+def attached_problem(target_dir: str, named: str | None, device: str):
+    """The problem that made ``target_dir``, attached to it. Only a registered problem (entry
+    point) is imported on the strength of target_dir's ``problem.json``; any other module must
+    be named by the user (``--problem module:Class``), so a copied folder runs no one's code."""
     from framework.workspace import owner
 
-    problem = load_problem(owner(Path(args.target_dir)))().attach(args.target_dir, args.device)
+    made_by = owner(Path(target_dir))
+    if named is None:
+        registered = {v: k for k, v in registered_problems().items()}
+        if made_by not in registered:
+            raise UserError(f"{target_dir} was made by '{made_by}', which is not a registered "
+                            "problem; if you trust that module, name it: --problem "
+                            f"{made_by}")
+        named = registered[made_by]
+    return load_problem(named)().attach(target_dir, device)
+
+
+def cmd_score(args) -> None:
+    problem = attached_problem(args.target_dir, args.problem, args.device)
     if not hasattr(problem, "score_files"):
         raise UserError(f"{args.target_dir}: problem {problem.problem_name()} does not score "
                         "pairs of files (a speaker-verification problem does)")
@@ -57,6 +76,33 @@ def cmd_config(args) -> None:
     for path in load_problem(args.problem).config_files():
         print(f"# ---- {path.name} ----")
         print(path.read_text(), end="")
+
+
+RUN_EXAMPLE = """example:
+  python -m framework run kws target_dir=exp/kws \\
+      prepare_data.dataset_root=data/speech_commands_v0.01 \\
+      prepare_data.test_root=data/speech_commands_test_set_v0.01 \\
+      build_optimizer.conf.lr=1e-3 stop=train
+
+`python -m framework config PROBLEM` prints every section and key of a problem.
+Progress bars: SPEECH_RECIPES_PROGRESS=bar|plain|off (or TQDM_DISABLE=1).
+"""
+
+
+def run_keys_help() -> str:
+    """The run keys every problem shares, with their YAML comments (for ``run --help``)."""
+    from omegaconf import OmegaConf
+
+    from framework.config import resolve_config_file, yaml_comments
+
+    path = resolve_config_file("problem.yaml")
+    defaults, comments = OmegaConf.load(path), yaml_comments(path.read_text())
+    lines = ["run keys (key=value; every problem has them):"]
+    for key in defaults:
+        value = OmegaConf.to_yaml(OmegaConf.create({"v": defaults[key]}))[3:].strip() \
+            if not OmegaConf.is_missing(defaults, key) else "???"
+        lines.append(f"  {f'{key}={value}':<22} {comments.get(key, '')}")
+    return "\n".join(lines)
 
 
 def cmd_list(args) -> None:
@@ -74,8 +120,12 @@ def cmd_list(args) -> None:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m framework", description=__doc__)
+    top.add_argument("--version", action=VersionAction, nargs=0,
+                     help="print the version (and git commit) and exit")
     sub = top.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a problem's stages")
+    run = sub.add_parser("run", help="run a problem's stages",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog=f"{run_keys_help()}\n\n{RUN_EXAMPLE}")
     run.add_argument("problem", help="a registered name (see `list`) or module:Class")
     run.add_argument("--config", action="append", default=[],
                      help="YAML merged over the defaults (repeatable)")
@@ -88,6 +138,8 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--checkpoint", default="valid_best",
                        help="an evaluated checkpoint: valid_best (default) or step-N")
     score.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    score.add_argument("--problem", default=None,
+                       help="module:Class of an unregistered problem that made target_dir")
     score.set_defaults(func=cmd_score)
     config = sub.add_parser("config", help="print a problem's default YAML")
     config.add_argument("problem")
@@ -108,9 +160,29 @@ def main(argv=None) -> None:
         args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
+        sys.stdout.flush()
+    except Interrupted as err:
+        print(err, file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # `... | head` closed the pipe: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+
+
+class VersionAction(argparse.Action):
+    """``--version``: computed only when asked (it runs git)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from framework.workspace import version_line
+
+        print(version_line())
+        parser.exit()
 
 
 if __name__ == "__main__":

@@ -8,10 +8,21 @@ arguments handed to a class chosen by a name (an optimizer, an upstream, a loss,
 checked against that class's signature before any stage runs. ``section.conf.key=value``
 merges one argument; ``section.conf={...}`` on the command line replaces the whole mapping
 (how to drop the arguments of the previously chosen class).
+
+Value ranges are declared once, in the default YAML next to each key, as a comment ending in
+``(must be RULE)``: alternatives joined by ``or``, conditions by ``and``, each one of
+``>= N``, ``> N``, ``<= N``, ``< N``, a literal number, ``null`` or ``non-empty``::
+
+    batch_size: 32   # utterances per batch (must be >= 1)
+    max_secs: 1.0    # crop longer utterances to this (must be > 0 or null)
+
+Every number anywhere must be finite (no ``nan``/``inf``).
 """
 from __future__ import annotations
 
 import importlib.resources
+import math
+import operator
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -85,10 +96,13 @@ def check_layer(base: DictConfig, layer: DictConfig, prefix: str, origin: str) -
             raise ConfigError(f"{origin}: unknown key '{path}'{closest(str(key), base.keys())} "
                               f"Valid keys{' under ' + prefix[:-1] if prefix else ''}: "
                               f"{', '.join(map(str, base.keys()))}.")
-        if str(key) in OPEN_KEYS or path in STAGE_KEYS:
-            continue
         default = OmegaConf.to_container(base, resolve=False)[key]
         value = OmegaConf.to_container(layer, resolve=False)[key]
+        if str(key) in OPEN_KEYS and not isinstance(value, dict):
+            raise ConfigError(f"{origin}: {path}: expected a mapping of keyword arguments "
+                              f"such as {{lr: 0.001}}, got {value!r}")
+        if str(key) in OPEN_KEYS or path in STAGE_KEYS:
+            continue
         if isinstance(default, dict) and isinstance(value, dict):
             check_layer(base[key], layer[key], f"{path}.", origin)
         else:
@@ -162,6 +176,89 @@ def yaml_comments(text: str) -> dict[str, str]:
             comments[".".join(k for _, k in stack)] = text_
         pending = []
     return comments
+
+
+_RULE = re.compile(r"\(must be ([^)]*)\)\s*$")
+_COMPARE = re.compile(r"^(>=|<=|>|<)\s*(-?[\d.e+-]+)$")
+_OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+
+
+def value_rules(comments: dict[str, str]) -> dict[str, str]:
+    """Dotted key → its ``(must be ...)`` rule, from the default configs' comments."""
+    rules = {}
+    for key, text in comments.items():
+        match = _RULE.search(text)
+        if match:
+            rules[key] = match[1].strip()
+    return rules
+
+
+def satisfies(value: Any, rule: str) -> bool:
+    """Whether ``value`` meets ``rule`` (``">= 1 or null"``, ``"> 0 and < 1"``, ...)."""
+    return any(all(_meets(value, cond.strip()) for cond in alternative.split(" and "))
+               for alternative in rule.split(" or "))
+
+
+def _meets(value: Any, condition: str) -> bool:
+    if condition == "null":
+        return value is None
+    if condition == "non-empty":
+        return isinstance(value, str) and bool(value.strip())
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    match = _COMPARE.match(condition)
+    if match:
+        return _OPERATORS[match[1]](value, float(match[2]))
+    try:
+        return value == float(condition)
+    except ValueError:
+        raise ValueError(f"unknown config rule '{condition}'") from None
+
+
+def check_values(cfg: DictConfig, comments: dict[str, str]) -> None:
+    """Fail, naming the key, on a value outside its declared range, a non-finite number, or
+    an open mapping (``conf``) that is not a mapping."""
+    plain = to_plain(cfg)
+    for path, value in _leaves(plain):
+        if path.rsplit(".", 1)[-1] in OPEN_KEYS and not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of keyword arguments such as "
+                              f"{{lr: 0.001}}, got {value!r}")
+        if not_finite(value):
+            raise ConfigError(f"{path}={value}: must be a finite number")
+    for key, rule in value_rules(comments).items():
+        found, value = _select(plain, key)
+        if found and not satisfies(value, rule):
+            shown = "null" if value is None else repr(value)
+            raise ConfigError(f"{key}={shown}: must be {rule}")
+
+
+def not_finite(value: Any) -> bool:
+    """``nan``/``inf`` as a number, or as the text a command line gives (``lr=nan``)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _leaves(node: Any, prefix: str = ""):
+    """(dotted path, value) of every key; mappings are yielded too, then descended."""
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, value in items:
+        path = f"{prefix}{key}"
+        yield path, value
+        if isinstance(value, (dict, list)):
+            yield from _leaves(value, f"{path}.")
+
+
+def _select(plain: dict, key: str) -> tuple[bool, Any]:
+    node = plain
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
 
 
 def to_plain(cfg: DictConfig | dict) -> dict:

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from framework.errors import UserError
+from framework.files import read_json
 
 
 class CategoryEncoder:
@@ -34,7 +35,7 @@ class CategoryEncoder:
 
     @classmethod
     def load(cls, path: str | Path) -> "CategoryEncoder":
-        data = json.loads(Path(path).read_text())
-        if data.get("type") != "category":
+        data = read_json(path, "stage 1's label encoder")
+        if not isinstance(data, dict) or data.get("type") != "category":
             raise UserError(f"{path} is not a category encoder")
         return cls(data["classes"])

@@ -9,10 +9,14 @@ what the stage hands it. Change a piece by overriding the section (YAML or a dot
 from __future__ import annotations
 
 import datetime
+import errno
 import inspect
 import json
 import logging
+import shutil
+import signal
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -20,13 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from framework import config as cfglib
-from framework import distributed, workspace
+from framework import distributed, interrupts, workspace
 from framework.audio.dataset import collate_padded, read_manifest
 from framework.audio.io import screen_manifest
 from framework.audio.samplers import BATCH_SAMPLERS
 from framework.checkpoint import CheckpointDir, load_checkpoint
 from framework.encoder import CategoryEncoder
 from framework.errors import ConfigError, UserError
+from framework.files import read_json
 from framework.models.downstream import DOWNSTREAMS
 from framework.models.featurizer import Featurizer
 from framework.models.model import UpstreamDownstreamModel
@@ -95,7 +100,9 @@ class Problem:
         cfg = cfglib.merge_layer(cfg, cfglib.parse_dotlist(dotlist), "command line")
         cfglib.replace_open_mappings(cfg, dotlist)
         cfg = cfglib.merge_layer(cfg, overrides or {}, "run() arguments")
-        cfglib.check_complete(cfg, cls.config_comments())
+        comments = cls.config_comments()
+        cfglib.check_complete(cfg, comments)
+        cfglib.check_values(cfg, comments)
         return cfg
 
     def check_builders(self, cfg: DictConfig) -> None:
@@ -122,34 +129,82 @@ class Problem:
     def run(self, config_files=(), dotlist=(), **overrides) -> dict:
         """Run stages ``start``..``stop``. Keywords are run keys or whole sections, e.g.
         ``run(target_dir="exp/kws", stop="train", train={"total_steps": 100})``.
-        Returns the stage records of target_dir."""
+        Returns the stage records of target_dir.
+
+        The whole command is checked before anything is written to target_dir; then
+        target_dir is locked for the invocation (one run at a time). Errors and interruptions
+        are written to ``log.txt`` too; an interruption says where to resume."""
         overrides = {k: v for k, v in overrides.items() if v is not None or k in ("stop",)}
         cfg = self.compose_config(config_files, dotlist, overrides)
-        self.check_builders(cfg)
+        self.check_command(cfg)
         self.dist = distributed.resolve(cfg.world_size, cfg.rank)
         cfg.world_size, cfg.rank = self.dist.world_size, self.dist.rank
-        self.cfg = cfg
+        self.cfg, self.trainer, self.current_stage = cfg, None, None
         self.target_dir = Path(cfg.target_dir).resolve()
         self.device = pick_device(distributed.local_device(cfg.device, self.dist))
-        distributed.start(self.dist, self.device, cfg.dist_backend, cfg.dist_timeout)
+        with interrupts.handling():
+            return self.run_in_process_group()
+
+    def check_command(self, cfg: DictConfig) -> None:
+        """Every check that needs no stage output: builders, stage range, target_dir."""
+        self.check_builders(cfg)
+        start, stop = stage_index(cfg.start, 0), stage_index(cfg.stop, len(STAGES) - 1)
+        if start > stop:
+            raise ConfigError(f"start={cfg.start} comes after stop={cfg.stop}: nothing to run "
+                              f"(stages: {', '.join(f'{i} {n}' for i, n in enumerate(STAGES))})")
+        workspace.check_target_dir(Path(cfg.target_dir).resolve(), self.problem_name())
+
+    def run_in_process_group(self) -> dict:
+        distributed.start(self.dist, self.device, self.cfg.dist_backend, self.cfg.dist_timeout)
+        self.lock = workspace.TargetLock(self.target_dir)
         try:
             records = self.run_stages()
-        except RuntimeError as err:
+        except BaseException as err:
             distributed.stop(self.dist, clean=False)
-            if self.dist.enabled and distributed.is_peer_failure(err):
-                raise distributed.peer_failure(self.dist, err) from err
-            raise
-        except BaseException:
-            distributed.stop(self.dist, clean=False)
-            raise
+            clear = self.fatal(err)
+            if clear is err:
+                raise
+            raise clear from err
+        finally:
+            self.lock.release()
         distributed.stop(self.dist)
         return records
+
+    def fatal(self, err: BaseException) -> BaseException:
+        """The error to raise for ``err`` (a clear one where possible), logged to log.txt."""
+        if isinstance(err, (KeyboardInterrupt, interrupts.Interrupted)):
+            err = self.interruption(err)
+        elif isinstance(err, RuntimeError) and self.dist.enabled \
+                and distributed.is_peer_failure(err):
+            err = distributed.peer_failure(self.dist, err)
+        elif isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            err = disk_full(err, self.target_dir, self.cache_dir)
+        if isinstance(err, interrupts.Interrupted):
+            workspace.log_to_file(self.target_dir, str(err), logging.WARNING)
+        elif isinstance(err, UserError):
+            workspace.log_to_file(self.target_dir, f"error: {err}")
+        elif isinstance(err, Exception):
+            log_traceback(self.target_dir, err)
+        return err
+
+    def interruption(self, err: BaseException) -> interrupts.Interrupted:
+        signum = getattr(err, "signum", signal.SIGINT)
+        where = f"stage {STAGES.index(self.current_stage)} {self.current_stage}" \
+            if self.current_stage else "setup"
+        if self.trainer is not None:
+            where += f" at step {self.trainer.progress.step}"
+            saved = self.trainer.ckpts.latest()
+            where += f"; last checkpoint step {checkpoint_step(saved)}" if saved \
+                else "; no checkpoint yet"
+        return interrupts.Interrupted(signum, f"interrupted ({signal.Signals(signum).name}) in "
+                                              f"{where}; run the same command to resume")
 
     def run_stages(self) -> dict:
         cfg = self.cfg
         self.dist.on_main(self.open_target_dir, "setting up target_dir")
         workspace.setup_logging(self.target_dir if self.dist.is_main else None,
                                 rank=self.dist.rank if self.dist.enabled else None)
+        self.dist.on_main(self.log_opening, "logging")
         if self.dist.enabled:
             log.info("distributed run: %s", distributed.describe(self.dist))
         self.book = StageBook(self.target_dir)
@@ -163,7 +218,18 @@ class Problem:
 
     def open_target_dir(self) -> None:
         workspace.claim(self.target_dir, self.problem_name())
+        self.lock.acquire()
+        self.leftovers = [*workspace.remove_leftovers(self.target_dir),
+                          *workspace.remove_leftovers(self.cache_dir)]
         workspace.record_invocation(self.target_dir, self.cfg)
+
+    def log_opening(self) -> None:
+        workspace.log_header(log)
+        if self.lock.stale:
+            log.warning("took over the lock of a run that stopped without releasing it (%s)",
+                        self.lock.stale)
+        for path in self.leftovers:
+            log.info("removed a leftover of an interrupted write: %s", path)
 
     def attach(self, target_dir, device: str = "cpu") -> "Problem":
         """Work on a finished target_dir (scoring, prediction): its last config and records."""
@@ -192,6 +258,7 @@ class Problem:
             log.info("stage %d %s: up to date, skipped (force=true reruns it)", index, name)
             return
         log.info("stage %d %s: running", index, name)
+        self.current_stage = name
         stage = getattr(self, f"stage_{name}")
         if name in self.main_only_stages:
             self.dist.on_main(lambda: self.record_stage(name, sections, stage(self.cfg)),
@@ -341,7 +408,8 @@ class Problem:
         train_dir = self.target_dir / "train"
         ckpts = CheckpointDir(train_dir / "checkpoints", cfg.train.keep_num_ckpts)
         fingerprint = self.book.fingerprint("train", self.stage_config("train"), [])
-        self.dist.on_main(lambda: open_train_dir(train_dir, fingerprint, cfg), "preparing train/")
+        self.dist.on_main(lambda: open_train_dir(train_dir, fingerprint, cfg, fresh=cfg.force),
+                          "preparing train/")
         seed_everything(cfg.train.seed)
         task = self.build_model_and_task(cfg)
         params = [p for p in task.parameters() if p.requires_grad]
@@ -349,13 +417,14 @@ class Problem:
         scheduler = self.build_scheduler(cfglib.to_plain(cfg.build_scheduler), optimizer)
         csvs = self.manifests()
         train_loader = self.build_loader(cfg, "train", csvs["train"])
-        trainer = Trainer(TrainConfig(**cfglib.to_plain(cfg.train)), task, optimizer, scheduler,
-                          train_loader, self.build_validation(cfg, task),
-                          ckpts, self.device, self.checkpoint_meta(cfg),
-                          make_writer(train_dir) if self.dist.is_main else None, self.dist)
-        progress = trainer.fit()
+        self.trainer = Trainer(TrainConfig(**cfglib.to_plain(cfg.train)), task, optimizer,
+                               scheduler, train_loader, self.build_validation(cfg, task),
+                               ckpts, self.device, self.checkpoint_meta(cfg),
+                               make_writer(train_dir) if self.dist.is_main else None, self.dist)
+        progress = self.trainer.fit()
+        self.trainer = None
         if self.dist.is_main:
-            (train_dir / "history.json").write_text(json.dumps(progress.history, indent=1))
+            (train_dir / "history.json").write_text(json.dumps(progress.histories(), indent=1))
         return StageResult(outputs={"config": str(train_dir / "config.yaml"),
                                     "checkpoints": str(ckpts.folder),
                                     "valid_best": str(ckpts.best_path)})
@@ -460,18 +529,28 @@ class Problem:
         step = state["progress"]["step"]
         log.info("%s (step %d) on %s: %s", ckpt_name, step, split, headline(metrics))
         return {"checkpoint": ckpt_name, "split": split, "step": step,
-                "predictions_csv": str(folder / "predictions.csv"),
-                "metrics_json": str(folder / "metrics.json"), "metrics": metrics}
+                "predictions_csv": self.book.relative(folder / "predictions.csv"),
+                "metrics_json": self.book.relative(folder / "metrics.json"), "metrics": metrics}
 
     # -- stage 4: report --------------------------------------------------------------------------
     def stage_report(self, cfg) -> StageResult:
-        results = json.loads(self.artifact("evaluate", "results").read_text())
+        results = self.evaluation_results()
         report_dir = self.target_dir / "report"
         report_dir.mkdir(exist_ok=True)
         paths = self.report(cfglib.to_plain(cfg.report), results, report_dir)
         log.info("report: %s", paths["report_md"])
         print(f"Report: {paths['report_md']}", file=sys.stderr)
         return StageResult(outputs={k: str(v) for k, v in paths.items()})
+
+    #: keys of an evaluation result that name files (recorded relative to target_dir)
+    result_paths = ("predictions_csv", "metrics_json", "scores_csv", "checkpoint_path")
+
+    def evaluation_results(self) -> list[dict]:
+        """Stage 3's results, with every file path made absolute for this target_dir."""
+        path = self.artifact("evaluate", "results")
+        results = read_json(path, "stage 3's results")
+        return [{k: str(self.book.resolve(v)) if k in self.result_paths and v else v
+                 for k, v in result.items()} for result in results]
 
     # -- family hooks -----------------------------------------------------------------------------
     #: the train manifest column the default encoder lists (``label``, ``spk``, ...)
@@ -505,21 +584,67 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def open_train_dir(train_dir: Path, fingerprint: str, cfg) -> None:
-    set_aside_foreign_run(train_dir, fingerprint)
+def open_train_dir(train_dir: Path, fingerprint: str, cfg, fresh: bool = False) -> None:
+    """Make ``train_dir`` the home of the run configured as ``fingerprint``.
+
+    A run of another configuration is set aside under ``train.runs/<its fingerprint>``, and
+    one set aside earlier for this configuration is brought back (so going back to a finished
+    configuration finds it instead of retraining). ``fresh`` (``force=true``) sets aside
+    even a run of this configuration, as ``train.runs/<fingerprint>-replaced-<time>``, and
+    starts from scratch. Nothing is ever deleted."""
+    kept = train_dir.with_name("train.runs")
+    current = (train_dir / "fingerprint").read_text().strip() \
+        if (train_dir / "fingerprint").is_file() else None
+    if current is not None and (current != fingerprint or fresh):
+        name = current[:16] if current != fingerprint else \
+            f"{current[:16]}-replaced-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+        aside = unique_path(kept / name)
+        aside.parent.mkdir(exist_ok=True)
+        train_dir.rename(aside)
+        log.warning("%s: the previous training run (%s) is kept in %s", "force=true" if fresh
+                    else "training config changed", current[:16], aside)
+    earlier = kept / fingerprint[:16]
+    if not fresh and not train_dir.exists() and earlier.is_dir():
+        earlier.rename(train_dir)
+        log.info("found this configuration's earlier training run in %s: continuing it",
+                 earlier)
+    train_dir.mkdir(parents=True, exist_ok=True)
+    for other in sorted(kept.iterdir()) if kept.is_dir() else ():
+        log.info("another training run of this target_dir is kept in %s", other)
     cfglib.save_yaml(cfg, train_dir / "config.yaml")
     (train_dir / "fingerprint").write_text(fingerprint)
 
 
-def set_aside_foreign_run(train_dir: Path, fingerprint: str) -> None:
-    """Checkpoints of a differently configured run are moved aside, never resumed or lost."""
-    marker = train_dir / "fingerprint"
-    if marker.is_file() and marker.read_text() != fingerprint:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        old = train_dir.with_name(f"train.previous-{stamp}-{marker.read_text()[:8]}")
-        train_dir.rename(old)
-        log.warning("training config changed: the previous run was moved to %s", old)
-    train_dir.mkdir(parents=True, exist_ok=True)
+def unique_path(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... : the first that does not exist."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step of a ``step-00000060.pt`` checkpoint file."""
+    return int(Path(path).stem.split("-")[-1])
+
+
+def disk_full(err: OSError, *folders: Path) -> UserError:
+    """A one-line error for ENOSPC naming the file (when known) and the free space."""
+    where = f" writing {err.filename}" if err.filename else ""
+    free = ", ".join(f"{folder}: {shutil.disk_usage(existing_parent(folder)).free / 2**30:.1f} "
+                     f"GiB free" for folder in dict.fromkeys(folders))
+    return UserError(f"disk full{where} ({free}); free some space (or point cache_dir "
+                     "elsewhere) and run the same command to resume")
+
+
+def existing_parent(path: Path) -> Path:
+    return next(p for p in (Path(path), *Path(path).parents) if p.exists())
+
+
+def log_traceback(target_dir: Path, err: Exception) -> None:
+    """A bug's full traceback in log.txt (the console shows it anyway)."""
+    workspace.log_to_file(target_dir, "".join(traceback.format_exception(err)).rstrip())
 
 
 def make_writer(folder: Path):

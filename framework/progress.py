@@ -36,6 +36,8 @@ class PlainProgress(tqdm):
         kwargs.update(mininterval=PLAIN_INTERVAL, ascii=True, dynamic_ncols=False, ncols=100,
                       position=None)
         super().__init__(*args, **kwargs)
+        # not a live bar: log lines need not clear and redraw it (that would write "\r")
+        self._instances.discard(self)
 
     def display(self, msg=None, pos=None):
         if self.disable or not self.n:  # nothing done yet: no "0/300" line
@@ -48,8 +50,6 @@ class PlainProgress(tqdm):
         if not self.disable and self.leave and self.n != self.last_print_n:
             self.display()
         self.disable = True
-        with self.get_lock():
-            self._instances.discard(self)
 
 
 def progress(iterable=None, *, total=None, desc: str = "", unit: str = "it", initial: int = 0,

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import random
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from framework import interrupts
 from framework.checkpoint import FORMAT, CheckpointDir, load_checkpoint
 from framework.distributed import Distributed
 from framework.errors import UserError
@@ -54,6 +56,11 @@ class TrainConfig:
 
 @dataclass
 class Progress:
+    """The training state a checkpoint holds beyond the tensors. ``history``: one record per
+    validation (``{"step", <metric>: value}``); ``train_history``: one per ``log_step``
+    (``{"step", "loss" (mean since the last record, None if every update was skipped),
+    "lr"}``). Fields added later have defaults, so older checkpoints still load."""
+
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
@@ -63,6 +70,11 @@ class Progress:
     skipped_steps: int = 0      # updates skipped (non-finite loss or gradient, out of memory)
     nonfinite_in_row: int = 0   # consecutive non-finite steps, checked against the limit
     oom_in_row: int = 0
+    train_history: list = field(default_factory=list)
+
+    def histories(self) -> dict:
+        """What ``train/history.json`` holds: ``{"valid": history, "train": train_history}``."""
+        return {"valid": self.history, "train": self.train_history}
 
 
 class SkipStep(Exception):
@@ -90,26 +102,32 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.forward = DistributedDataParallel(task, device_ids=ids)
         self.saved_step = 0
+        self.stop_signal = 0  # a SIGTERM noted during this step (any rank): stop after it
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> Progress:
+        """Train to ``total_steps``. A SIGTERM (see :mod:`framework.interrupts`) is answered
+        at the next step boundary with a checkpoint, then :class:`Interrupted`."""
         self.resume()
         bar = progress(total=self.conf.total_steps, initial=self.progress.step, desc="train",
                        unit="step", disable=not self.dist.is_main)
         losses, started = [], [time.time()]
-        while self.progress.step < self.conf.total_steps:
-            for batches in self.step_groups():
-                loss = self.optimizer_step(batches)
-                if math.isfinite(loss):
-                    losses.append(loss)
-                bar.update(1)
-                self.after_step(losses, started)
-                if self.progress.step >= self.conf.total_steps:
-                    break
-            else:
-                self.progress.epoch += 1
-                self.progress.batch_in_epoch = 0
-        bar.close()
+        with interrupts.deferred(), contextlib.closing(bar):
+            while self.progress.step < self.conf.total_steps:
+                for batches in self.step_groups():
+                    loss = self.optimizer_step(batches)
+                    if math.isfinite(loss):
+                        losses.append(loss)
+                    bar.update(1)
+                    self.after_step(losses, started)
+                    if self.stop_signal:
+                        self.save_step()
+                        raise interrupts.Interrupted(self.stop_signal)
+                    if self.progress.step >= self.conf.total_steps:
+                        break
+                else:
+                    self.progress.epoch += 1
+                    self.progress.batch_in_epoch = 0
         self.save_step()
         return self.progress
 
@@ -168,10 +186,13 @@ class Trainer:
                 except torch.OutOfMemoryError:
                     self.out_of_memory(batch)
             total += loss.item() / len(batches)
-        if self.dist.enabled:  # every process must take the same decision about this step
-            mean = torch.tensor([total], dtype=torch.float64, device=self.device)  # nccl: on GPU
-            torch.distributed.all_reduce(mean)
-            total = mean.item() / self.dist.world_size
+        self.stop_signal = interrupts.requested() or 0
+        if self.dist.enabled:  # every process must take the same decisions about this step
+            shared = torch.tensor([total, self.stop_signal], dtype=torch.float64,
+                                  device=self.device)  # nccl: on GPU
+            torch.distributed.all_reduce(shared)
+            total = shared[0].item() / self.dist.world_size
+            self.stop_signal = signal.SIGTERM if shared[1].item() else 0
         return total
 
     def nonfinite(self, batches: list[dict], loss: float, grad_norm: float) -> None:
@@ -208,9 +229,13 @@ class Trainer:
         step, conf = self.progress.step, self.conf
         if step % conf.log_step == 0:
             mean = sum(losses) / len(losses) if losses else float("nan")
-            log.info("step %d  loss %.4f  lr %.3g  %.1f steps/s", step, mean,
-                     self.optimizer.param_groups[0]["lr"], conf.log_step / (time.time() - started[0]))
+            lr = self.optimizer.param_groups[0]["lr"]
+            log.info("step %d  loss %.4f  lr %.3g  %.1f steps/s", step, mean, lr,
+                     conf.log_step / (time.time() - started[0]))
             self.scalar("train/loss", mean)
+            self.scalar("train/lr", lr)
+            self.progress.train_history.append(
+                {"step": step, "loss": mean if math.isfinite(mean) else None, "lr": lr})
             losses.clear()
             started[0] = time.time()
         if step % conf.eval_step == 0 or step == conf.total_steps:
@@ -223,9 +248,12 @@ class Trainer:
         metrics = self.validate()
         step = self.progress.step
         kill_point("validation", step)
-        for name, value in metrics.items():
-            if isinstance(value, (int, float)):
-                self.scalar(f"valid/{name}", value)
+        from framework.report.summary import quality_metrics  # the rule the report plots by
+
+        for name, value in quality_metrics(metrics).items():  # no counts, no thresholds
+            self.scalar(f"valid/{name}", value)
+        if self.writer is not None:
+            self.writer.flush()  # the curves so far are on disk while training goes on
         value = metrics.get(self.conf.valid_metric)
         summary = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                             if isinstance(v, float))

@@ -31,11 +31,15 @@ from framework.metrics.verification import as_norm, cosine_scores, eer, verifica
 from framework.models.losses import LOSSES
 from framework.problem import Problem, manifest_outputs
 from framework.registry import check_kwargs
-from framework.report.verification import best_by_valid_eer, write_verification_report
+from framework.report.summary import training_summary
+from framework.report.verification import (best_by_valid_eer, split_counts,
+                                           write_verification_report)
 from framework.stages import StageResult, corpus_inputs, file_digest
 from framework.tasks.verification import SpeakerVerificationTask
 
 log = logging.getLogger("framework.verification")
+
+DROPPED_TRIALS_JSON = "dropped_trials.json"  # stage 0: trials left out of each list, and why
 
 
 class SpeakerVerification(Problem):
@@ -49,15 +53,19 @@ class SpeakerVerification(Problem):
         manifests = self.prepare_data(cfglib.to_plain(cfg.prepare_data), data_dir,
                                       self.cache_dir, get_path_only=False)
         self.screen("train", manifests["train"])
-        outputs = {"train": manifests["train"]}
+        outputs, dropped = {"train": manifests["train"]}, {}
         for split, trials in manifests.items():
             if split == "train":
                 continue
             utts = write_trial_utterances(trials, data_dir / f"{split}_utts.csv")
             self.screen(f"{split} utterances", utts)
-            drop_unusable_trials(trials, utts, split)
+            dropped[split] = drop_unusable_trials(trials, utts, split,
+                                                  data_dir / "excluded.csv")
             outputs.update({split: trials, f"{split}_utts": utts})
-        return StageResult(outputs=manifest_outputs(outputs),
+        dropped_json = data_dir / DROPPED_TRIALS_JSON
+        dropped_json.write_text(json.dumps(dropped, indent=1))
+        return StageResult(outputs={**manifest_outputs(outputs),
+                                    "dropped_trials_json": str(dropped_json)},
                            inputs=corpus_inputs(cfglib.to_plain(cfg.prepare_data)))
 
     def trial_splits(self) -> list[str]:
@@ -184,10 +192,10 @@ class SpeakerVerification(Problem):
         log.info("%s on %s: EER %.2f%%  minDCF0.01 %.4f  minDCF0.05 %.4f  (%d trials)", name,
                  split, 100 * metrics["eer"], metrics["min_dcf_0.01"], metrics["min_dcf_0.05"],
                  metrics["n_trials"])
-        return {"checkpoint": name, "checkpoint_path": str(ckpt), "split": split,
-                "metrics": metrics,
-                "scores_csv": str(folder / "scores.csv"),
-                "metrics_json": str(folder / "metrics.json")}
+        return {"checkpoint": name, "checkpoint_path": self.book.relative(ckpt),
+                "split": split, "metrics": metrics,
+                "scores_csv": self.book.relative(folder / "scores.csv"),
+                "metrics_json": self.book.relative(folder / "metrics.json")}
 
     def cohort(self, cfg, trained, task, ckpt) -> np.ndarray | None:
         """AS-norm cohort: one mean embedding per training speaker (None when disabled)."""
@@ -226,7 +234,7 @@ class SpeakerVerification(Problem):
                 "checkpoint": checkpoint, "step": record["step"]}
 
     def validation_record(self, checkpoint: str) -> dict:
-        results = json.loads(self.artifact("evaluate", "results").read_text())
+        results = self.evaluation_results()
         for record in results:
             if record["checkpoint"] == checkpoint and record["split"] == "valid":
                 return record
@@ -237,9 +245,22 @@ class SpeakerVerification(Problem):
 
     # -- stage 4 -----------------------------------------------------------------------------
     def report(self, report, results, report_dir):
+        """The verification report, with the training setup and curves, utterances, speakers
+        and trials per split, and the trials stage 0 dropped."""
         best_name = best_by_valid_eer(results)
         best = next(r for r in results if r["checkpoint"] == best_name and r["split"] == "valid")
-        return write_verification_report(report_dir, results, best, type(self).__name__)
+        training = training_summary(self, lambda cfg: {"name": cfg["build_task"]["loss_type"],
+                                                       "conf": cfg["build_task"]["loss_conf"]})
+        return write_verification_report(report_dir, results, best, type(self).__name__,
+                                         training=training, data=self.data_summary())
+
+    def data_summary(self) -> dict:
+        """``{"splits": split_counts(...), "dropped_trials": stage 0's record or None}``
+        (None: the data was prepared before the record was kept)."""
+        outputs = self.book.require("prepare_data")["outputs"]
+        path = outputs.get("dropped_trials_json")
+        dropped = json.loads(self.book.resolve(path).read_text()) if path else None
+        return {"splits": split_counts(self.manifests()), "dropped_trials": dropped}
 
 
 def check_readable(manifest: Path, excluded_csv: Path) -> None:
@@ -258,14 +279,31 @@ def write_trial_utterances(trials_csv, out_csv) -> Path:
     return Path(out_csv)
 
 
-def drop_unusable_trials(trials_csv, utts_csv, split: str) -> None:
-    """Remove (in place) trials naming an utterance that stage-0 screening excluded."""
+def drop_unusable_trials(trials_csv, utts_csv, split: str, excluded_csv=None) -> dict:
+    """Remove (in place) trials naming an utterance that stage-0 screening excluded.
+
+    Returns ``{"listed": trials in the list, "dropped", "kept", "excluded_utterances":
+    [{"id", "reason"}]}``: the utterances that caused the drops, with the reason screening
+    gave in ``excluded_csv`` (``data/excluded.csv``; ``None``: reasons left empty).
+    """
     trials, kept = read_manifest(trials_csv), set(read_manifest(utts_csv)["id"])
     usable = trials["id1"].isin(kept) & trials["id2"].isin(kept)
     if not usable.all():
         log.warning("%s: %d of %d trials dropped: they name unusable audio (data/excluded.csv)",
                     split, int((~usable).sum()), len(trials))
         trials[usable].to_csv(trials_csv, index=False)
+    named = set(trials["id1"]) | set(trials["id2"])
+    return {"listed": len(trials), "dropped": int((~usable).sum()), "kept": int(usable.sum()),
+            "excluded_utterances": exclusion_reasons(sorted(named - kept), excluded_csv)}
+
+
+def exclusion_reasons(ids: list[str], excluded_csv) -> list[dict]:
+    """``[{"id", "reason"}]`` for ``ids`` from an ``id, wav_path, reason`` CSV (first match;
+    ``""`` when the CSV is absent or does not name an id)."""
+    path = Path(excluded_csv) if excluded_csv else None
+    table = read_manifest(path) if path and path.is_file() and ids else None
+    reasons = {} if table is None else dict(zip(table["id"][::-1], table["reason"][::-1]))
+    return [{"id": i, "reason": str(reasons.get(i, ""))} for i in ids]
 
 
 def write_cohort(train_csv, out_csv, per_speaker: int) -> Path:

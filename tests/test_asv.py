@@ -7,6 +7,7 @@ import logging
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -66,7 +67,7 @@ def test_all_stages_reach_a_low_test_eer(finished):
     test = next(r for r in results(finished) if r["split"] == "veri_test2")
     assert test["metrics"]["eer"] < 0.25  # chance is 0.5
     assert test["metrics"]["n_trials"] == len(pd.read_csv(finished / "data/veri_test2.csv"))
-    scores = pd.read_csv(test["scores_csv"])
+    scores = pd.read_csv(finished / test["scores_csv"])
     assert list(scores.columns) == ["id1", "id2", "label", "score"]
     report = json.loads((finished / "report/report.json").read_text())
     assert report["chosen"]["checkpoint"] == "valid_best"
@@ -100,10 +101,10 @@ def test_a_second_evaluation_reuses_the_embeddings(finished, vox_corpus, tmp_pat
         logging.getLogger("framework").removeHandler(caplog.handler)
     assert store.stat().st_mtime_ns == before
     assert "veri_test2: reusing the stored embeddings of valid_best.pt" in caplog.text
-    assert results(target) == [{**r, "scores_csv": r["scores_csv"].replace(
-        str(finished), str(target)), "metrics_json": r["metrics_json"].replace(
-        str(finished), str(target)), "checkpoint_path": r["checkpoint_path"].replace(
-        str(finished), str(target))} for r in results(finished)]
+    # paths inside target_dir are recorded relative to it: a copied run is self-contained
+    assert results(target) == results(finished)
+    assert not any(Path(r[k]).is_absolute() for r in results(target)
+                   for k in ("scores_csv", "metrics_json", "checkpoint_path"))
 
 
 def test_every_chosen_checkpoint_is_scored_and_validation_picks(finished, vox_corpus, tmp_path):
