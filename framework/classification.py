@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from framework.audio.dataset import AudioDataset, read_manifest
 from framework.problem import Problem
-from framework.report.classification import write_classification_report
+from framework.report.classification import class_counts, write_classification_report
+from framework.report.summary import training_summary
 from framework.tasks.classification import UtteranceClassificationTask
 
 
@@ -34,8 +35,13 @@ class UtteranceClassification(Problem):
         return UtteranceClassificationTask(model, encoder.classes, **build_task)
 
     def report(self, report, results, report_dir):
+        """The classification report, with the training setup and curves and the items per
+        class in every manifest."""
         classes = self.load_encoder(self.artifact("build_encoder", "encoder")).classes
         best = next((r for r in results if r["checkpoint"] == "valid_best"
                      and r["split"] == "test"), results[0])
+        training = training_summary(self, lambda cfg: {"name": "cross_entropy", "conf": {}})
         return write_classification_report(report_dir, results, classes,
-                                           title=type(self).__name__, best=best)
+                                           title=type(self).__name__, best=best,
+                                           training=training,
+                                           counts=class_counts(self.manifests(), classes))

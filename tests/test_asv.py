@@ -75,6 +75,37 @@ def test_all_stages_reach_a_low_test_eer(finished):
         assert (finished / "report" / name).stat().st_size > 0
 
 
+def test_report_holds_setup_data_and_curves(finished):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    report = json.loads((finished / "report/report.json").read_text())
+    config = report["config"]
+    assert config["loss"] == {"name": "amsoftmax", "conf": {"margin": 0.4, "scale": 30}}
+    assert config["effective_batch_size"] == 16 and config["total_steps"] == 120
+    state = torch.load(finished / "train/checkpoints/valid_best.pt", weights_only=True)
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    counted = sum(v.numel() for k, v in state["task"].items() if not k.endswith(buffers))
+    assert config["parameters"]["trainable"] == counted  # fbank: a weightless upstream
+    assert config["parameters"]["by_part"]["task"]["total"] == state["task"]["loss.weight"].numel()
+    splits = report["data"]["splits"]
+    trials = pd.read_csv(finished / "data/veri_test2.csv")
+    assert splits["veri_test2"] == {
+        "utterances": len(pd.read_csv(finished / "data/veri_test2_utts.csv")), "speakers": 8,
+        "trials": len(trials), "target": int(trials.label.sum()),
+        "nontarget": int((trials.label == 0).sum())}
+    assert splits["train"]["speakers"] == 12 and splits["valid"]["speakers"] == 4
+    assert report["data"]["dropped_trials"]["veri_test2"]["dropped"] == 0
+    md = (finished / "report/report.md").read_text()
+    assert "No trial was dropped" in md and "| Loss | `amsoftmax` `margin=0.4, scale=30` |" in md
+    assert (finished / "report/training_curves.png").stat().st_size > 10_000
+    [events] = (finished / "train/tensorboard").iterdir()
+    board = EventAccumulator(str(events))
+    board.Reload()
+    tags = set(board.Tags()["scalars"])
+    assert {"train/lr", "train/loss", "valid/eer", "valid/min_dcf_0.01"} <= tags
+    assert not {t for t in tags if t.endswith("_threshold") or t.startswith("valid/n_")}
+
+
 def test_manifests_hold_out_validation_speakers(finished):
     train = pd.read_csv(finished / "data/train.csv")
     valid = pd.read_csv(finished / "data/valid.csv")
@@ -164,12 +195,21 @@ def test_unreadable_test_audio_is_excluded_and_its_trials_dropped(tmp_path, vox_
     trials = pd.read_csv(home / "veri_test2.txt", sep=" ", header=None)
     victim = trials[1][0]
     (corpus["test_root"] / "wav" / victim).write_bytes(b"RIFF broken")
-    run_asv(tmp_path / "run", corpus, stop="prepare_data")
+    tiny = {"total_steps": 2, "eval_step": 2, "save_step": 2, "log_step": 1}
+    run_asv(tmp_path / "run", corpus, train=tiny)
     excluded = pd.read_csv(tmp_path / "run/data/excluded.csv")
     assert excluded.wav_path.str.endswith(victim).tolist() == [True]
     kept = pd.read_csv(tmp_path / "run/data/veri_test2.csv")
     naming = (trials[1] == victim) | (trials[2] == victim)
     assert len(kept) == len(trials) - naming.sum()
+    dropped = json.loads((tmp_path / "run/data/dropped_trials.json").read_text())
+    assert dropped["veri_test2"]["dropped"] == naming.sum() > 0
+    assert dropped["veri_test2"]["listed"] == len(trials)
+    [utterance] = dropped["veri_test2"]["excluded_utterances"]
+    assert victim.startswith(utterance["id"]) and utterance["reason"] == excluded.reason[0]
+    report = (tmp_path / "run/report/report.md").read_text()
+    assert (f"`veri_test2`: {naming.sum()} of {len(trials)} listed trials dropped at stage 0, "
+            f"because they name 1 utterance(s) whose audio is unusable") in report
 
 
 def test_other_heads_and_losses_train(tmp_path, vox_corpus):

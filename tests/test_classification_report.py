@@ -11,9 +11,12 @@ from PIL import Image
 
 import framework.metrics.classification as metrics_module
 import framework.report.classification as report_module
+import framework.report.summary as summary_module
 from framework.metrics.classification import (classification_metrics, load_predictions,
                                               score_columns)
-from framework.report.classification import write_classification_report
+from framework.report.classification import (class_counts, row_normalized,
+                                             write_classification_report)
+from framework.report.summary import config_summary, read_history, read_history_data
 
 CLASSES = ["yes", "no", "_unknown_"]
 # (label, predicted, runner-up): predicted scores 0.6, runner-up 0.3, the other class 0.1.
@@ -167,7 +170,8 @@ def test_report_files(tmp_path):
     assert "## Headline: valid_best on test (step 2000)" in text
     assert "| Accuracy | 60.00 % |" in text  # the headline, not step-1000's 100 %
     assert all(f"`{name}`" in text for name in CLASSES)
-    assert "![Confusion matrix: counts and share of all items](confusion_matrix.png)" in text
+    assert ("![Confusion matrix: counts and recall (share of each true class)]"
+            "(confusion_matrix.png)") in text
     assert "1. `_unknown_` → `yes`: 2" in text
     assert "](../eval/predictions.csv)" in text
     report = json.loads(paths["report_json"].read_text())
@@ -191,7 +195,95 @@ def test_report_headline_choice(tmp_path):
         write_classification_report(tmp_path / "c", [], CLASSES, "Toy", None)
 
 
-@pytest.mark.parametrize("module", [metrics_module, report_module])
+def test_recall_panel_rows_are_shares_of_each_true_class(tmp_path):
+    recall = row_normalized(CONFUSION)
+    np.testing.assert_allclose(recall.sum(axis=1), 1.0)
+    m = classification_metrics(make_predictions(), CLASSES)
+    np.testing.assert_allclose(np.diag(recall), [m["per_class"][c]["recall"] for c in CLASSES])
+    assert row_normalized([[0, 0], [1, 3]]).tolist() == [[0.0, 0.0], [0.25, 0.75]]
+    paths = write_classification_report(tmp_path / "report", _results(tmp_path), CLASSES, "Toy")
+    saved = json.loads(paths["report_json"].read_text())["confusion_matrix_recall"]
+    np.testing.assert_allclose(np.sum(saved, axis=1), 1.0)
+
+
+def _training(tmp_path, history) -> dict:
+    """A training summary as the report stage builds it, over a real (tiny) task."""
+    from framework.models.downstream import DOWNSTREAMS
+    from framework.models.featurizer import Featurizer
+    from framework.models.model import UpstreamDownstreamModel
+    from framework.models.upstream import UPSTREAMS
+    from framework.tasks.classification import UtteranceClassificationTask
+
+    upstream = UPSTREAMS.build("fbank", {}, "build_upstream.conf")
+    featurizer = Featurizer(upstream)
+    head = DOWNSTREAMS.build("mean_linear", {"hidden_size": 8}, "build_downstream.conf",
+                             input_size=featurizer.output_size, output_size=3,
+                             input_stride=featurizer.downsample_rate)
+    task = UtteranceClassificationTask(UpstreamDownstreamModel(upstream, featurizer, head),
+                                       CLASSES)
+    cfg = {"build_upstream": {"name": "fbank", "conf": {}},
+           "build_featurizer": {"layer_selections": None, "normalize": False},
+           "build_downstream": {"name": "mean_linear", "conf": {"hidden_size": 8}},
+           "build_model": {"upstream_trainable": False},
+           "build_optimizer": {"name": "Adam", "conf": {"lr": 0.001}},
+           "build_scheduler": {"name": "ExponentialLR", "conf": {"gamma": 1.0}},
+           "build_batch_sampler": {"train": {"batch_size": 4}}, "world_size": 2,
+           "train": {"total_steps": 30, "gradient_accumulate": 3, "use_scheduler": False,
+                     "valid_metric": "accuracy", "valid_higher_better": True}}
+    history_json = tmp_path / "history.json"
+    history_json.write_text(json.dumps(history))
+    return {"config": config_summary(cfg, task, {"name": "cross_entropy", "conf": {}}),
+            "history": read_history(history_json), "history_json": str(history_json)}
+
+
+HISTORY = {"valid": [{"step": 10, "n": 10, "accuracy": 0.5, "loss": 1.2},
+                     {"step": 20, "n": 10, "accuracy": 0.7, "loss": 0.9}],
+           "train": [{"step": s, "loss": 2.0 / s, "lr": 0.001} for s in (5, 10, 15, 20)]}
+
+
+def test_report_with_training_setup_curves_and_class_counts(tmp_path):
+    manifests = {}
+    for split, labels in {"train": ["yes"] * 5 + ["no"] * 3 + ["maybe"],
+                          "test": ["no", "_unknown_"]}.items():
+        manifests[split] = tmp_path / f"{split}.csv"
+        pd.DataFrame({"id": [f"{split}{i}" for i in range(len(labels))],
+                      "label": labels}).to_csv(manifests[split], index=False)
+    counts = class_counts(manifests, CLASSES)
+    assert counts == {"train": {"yes": 5, "no": 3, "_unknown_": 0, "maybe": 1},
+                      "test": {"yes": 0, "no": 1, "_unknown_": 1}}
+    training = _training(tmp_path, HISTORY)
+    paths = write_classification_report(tmp_path / "report", _results(tmp_path), CLASSES,
+                                        "Toy", None, training=training, counts=counts)
+    report = json.loads(paths["report_json"].read_text())
+    config = report["config"]
+    assert config["effective_batch_size"] == 4 * 3 * 2 and config["lr"] == 0.001
+    # fbank has no weights; mean_linear: Linear(80 mel bins → 8) and Linear(8 → 3 classes)
+    head = 80 * 8 + 8 + 8 * 3 + 3
+    assert config["parameters"]["trainable"] == config["parameters"]["total"] == head
+    assert config["parameters"]["by_part"]["downstream"] == {"trainable": head, "total": head}
+    assert report["class_counts"] == counts
+    assert report["training"]["train_records"] == 4
+    md = paths["report_md"].read_text()
+    assert "| `maybe` | 1 | 0 |" in md and "| **total** | **9** | **2** |" in md
+    assert "| Parameters (trainable / total) | 675 / 675 (downstream 675 / 675) |" in md
+    assert "| Batch | 4 per process × 2 process(es) × 3 accumulated = 24 per update |" in md
+    assert "`mean_linear` `hidden_size=8`" in md and "`Adam` `lr=0.001`" in md
+    assert "last training loss 0.1000 at step 20" in md
+    with Image.open(paths["training_curves"]) as image:
+        assert image.format == "PNG" and 1000 <= image.size[0] <= 2500
+
+
+def test_old_history_form_is_read_as_validation_records(tmp_path):
+    old = HISTORY["valid"]
+    assert read_history_data(old) == {"valid": old, "train": []}
+    assert read_history(tmp_path / "absent.json") == {"valid": [], "train": []}
+    paths = write_classification_report(tmp_path / "report", _results(tmp_path), CLASSES,
+                                        "Toy", training=_training(tmp_path, old))
+    assert "0 training records, 2 validations" in paths["report_md"].read_text()
+    assert paths["training_curves"].read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("module", [metrics_module, report_module, summary_module])
 def test_docstring_examples(module):
     assert doctest.testmod(module).failed == 0
 

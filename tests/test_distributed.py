@@ -39,7 +39,7 @@ def final_params(target_dir) -> dict:
 
 
 def outcome(target_dir) -> dict:
-    history = json.loads((target_dir / "train/history.json").read_text())
+    history = json.loads((target_dir / "train/history.json").read_text())["valid"]
     test = json.loads((target_dir / "evaluate/valid_best/test/metrics.json").read_text())
     ids = pd.read_csv(target_dir / "evaluate/valid_best/test/predictions.csv")["id"].tolist()
     return {"history": history, "test": test, "ids": ids}

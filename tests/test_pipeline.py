@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -40,6 +41,64 @@ def test_all_stages_produce_report_far_above_chance(full_run):
     for saved in ("config.yaml", "runs", "log.txt", "train/config.yaml",
                   "train/checkpoints/valid_best.pt", "data/train.csv", "encoder.json"):
         assert (target / saved).exists(), saved
+
+
+def test_report_holds_setup_curves_and_class_counts(full_run):
+    import torch
+    from PIL import Image
+
+    target, _ = full_run
+    report = json.loads((target / "report" / "report.json").read_text())
+    config = report["config"]
+    # the upstream (fbank) is frozen and weightless: the checkpoint holds every parameter
+    state = torch.load(target / "train/checkpoints/valid_best.pt", weights_only=True)
+    counted = sum(tensor.numel() for tensor in state["task"].values())
+    assert config["parameters"]["trainable"] == config["parameters"]["total"] == counted
+    assert (config["upstream"]["name"], config["downstream"]["name"]) == ("fbank",
+                                                                          "mean_linear")
+    assert (config["lr"], config["batch_size"], config["total_steps"]) == (3e-3, 16, 40)
+    for split in ("train", "valid", "test"):
+        labels = pd.read_csv(target / "data" / f"{split}.csv", dtype=str)["label"]
+        counts = {k: v for k, v in report["class_counts"][split].items() if v}
+        assert counts == labels.value_counts().to_dict()
+    recall = np.array(report["confusion_matrix_recall"])
+    np.testing.assert_allclose(recall.sum(axis=1), 1.0)
+    curves = target / "report" / "training_curves.png"
+    assert curves.stat().st_size > 10_000
+    with Image.open(curves) as image:
+        assert image.format == "PNG" and 1000 <= image.size[0] <= 2500
+    md = (target / "report" / "report.md").read_text()
+    assert "## Items per class and split" in md and "](training_curves.png)" in md
+
+
+def test_history_and_tensorboard_hold_training_curves(full_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    target, _ = full_run
+    history = json.loads((target / "train" / "history.json").read_text())
+    assert [r["step"] for r in history["train"]] == [10, 20, 30, 40]
+    assert all(r["lr"] == 3e-3 and r["loss"] > 0 for r in history["train"])
+    assert [r["step"] for r in history["valid"]] == [20, 40]
+    [events] = (target / "train" / "tensorboard").iterdir()
+    board = EventAccumulator(str(events))
+    board.Reload()
+    tags = board.Tags()["scalars"]
+    assert [e.step for e in board.Scalars("train/lr")] == [10, 20, 30, 40]
+    assert {"train/loss", "valid/accuracy", "valid/loss"} <= set(tags)
+    assert "valid/n" not in tags
+
+
+def test_checkpoint_without_training_records_still_resumes(full_run, run_kws, tmp_path):
+    import torch
+
+    target, _ = full_run
+    state = torch.load(target / "train/checkpoints/step-00000020.pt", weights_only=True)
+    del state["progress"]["train_history"]  # as written before the records were kept
+    torch.save(state, tmp_path / "old.pt")
+    run_kws(tmp_path / "run", stop="train", train={"resume_ckpt_dir": str(tmp_path / "old.pt")})
+    history = json.loads((tmp_path / "run" / "train" / "history.json").read_text())
+    assert [r["step"] for r in history["train"]] == [30, 40]
+    assert [r["step"] for r in history["valid"]] == [20, 40]
 
 
 def test_rerun_with_nothing_changed_skips_every_stage(full_run, run_kws, caplog):

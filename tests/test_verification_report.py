@@ -11,7 +11,7 @@ import pytest
 
 import framework.report.verification as report_module
 from framework.metrics.verification import verification_metrics
-from framework.report.verification import (best_by_valid_eer, probit,
+from framework.report.verification import (best_by_valid_eer, probit, split_counts,
                                            write_verification_report)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -118,6 +118,81 @@ def test_best_must_be_a_validation_record(tmp_path):
     only_valid = [r for r in results if r["split"] == "valid"]
     with pytest.raises(ValueError, match="at least one test result"):
         write_verification_report(tmp_path / "report", only_valid, None, "ASV")
+
+
+def write_trial_split(folder, name, labels, ids) -> dict:
+    """A trial list ``name`` (trials over ``ids``) and its ``_utts`` manifest."""
+    trials = folder / f"{name}.csv"
+    pd.DataFrame({"id1": [ids[i % len(ids)] for i in range(len(labels))],
+                  "id2": [ids[(i + 1) % len(ids)] for i in range(len(labels))],
+                  "label": labels}).to_csv(trials, index=False)
+    pd.DataFrame({"id": ids, "wav_path": [f"/x/{i}.wav" for i in ids]}).to_csv(
+        folder / f"{name}_utts.csv", index=False)
+    return {name: trials, f"{name}_utts": folder / f"{name}_utts.csv"}
+
+
+def test_data_section_counts_splits_and_names_the_dropped_trials(tmp_path):
+    train = tmp_path / "train.csv"
+    pd.DataFrame({"id": ["a/1", "a/2", "b/1"], "spk": ["a", "a", "b"]}).to_csv(train,
+                                                                              index=False)
+    manifests = {"train": train,
+                 **write_trial_split(tmp_path, "valid", [1, 0, 1, 0], ["c/1", "c/2", "d/1"]),
+                 **write_trial_split(tmp_path, "veri_test2", [1, 1, 0],
+                                     ["e/1", "f/1", "f/2", "g/1"])}
+    counts = split_counts(manifests)
+    assert counts == {
+        "train": {"utterances": 3, "speakers": 2},
+        "valid": {"utterances": 3, "speakers": 2, "trials": 4, "target": 2, "nontarget": 2},
+        "veri_test2": {"utterances": 4, "speakers": 3, "trials": 3, "target": 2,
+                       "nontarget": 1}}
+    dropped = {"valid": {"listed": 4, "dropped": 0, "kept": 4, "excluded_utterances": []},
+               "veri_test2": {"listed": 10, "dropped": 7, "kept": 3, "excluded_utterances": [
+                   {"id": "h/1", "reason": "header only: file holds none."}]}}
+    data = {"splits": counts, "dropped_trials": dropped}
+    results = make_results(tmp_path / "eval", trials=300)
+    paths = write_verification_report(tmp_path / "report", results, None, "ASV", data=data)
+    md = paths["report_md"].read_text()
+    assert "| `veri_test2` | 4 | 3 | 3 (2 / 1) | 7 |" in md
+    assert "| `train` | 3 | 2 | — | — |" in md
+    assert ("`veri_test2`: 7 of 10 listed trials dropped at stage 0, because they name 1 "
+            "utterance(s) whose audio is unusable") in md
+    assert "`h/1`: header only: file holds none." in md
+    assert json.loads(paths["report_json"].read_text())["data"] == data
+    unknown = write_verification_report(tmp_path / "old", results, None, "ASV",
+                                        data={"splits": counts, "dropped_trials": None})
+    assert "not recorded" in unknown["report_md"].read_text()
+
+
+def test_training_section_and_curves(tmp_path):
+    history = {"valid": [{"step": 60, "eer": 0.3, "eer_threshold": 0.5, "n_trials": 100},
+                         {"step": 120, "eer": 0.2, "eer_threshold": 0.4, "n_trials": 100}],
+               "train": [{"step": 20 * i, "loss": 10.0 / i, "lr": 0.01} for i in (1, 2, 3)]}
+    config = {"upstream": {"name": "fbank", "conf": {}}, "featurizer": {"normalize": False},
+              "downstream": {"name": "xvector", "embedding_size": 64, "conf": {}},
+              "upstream_trainable": False, "loss": {"name": "aamsoftmax",
+                                                    "conf": {"margin": 0.2}},
+              "optimizer": {"name": "AdamW", "conf": {}}, "lr": None,
+              "scheduler": {"name": "ExponentialLR", "conf": {"gamma": 0.9}, "stepped": True},
+              "batch_size": 10, "gradient_accumulate": 5, "world_size": 1,
+              "effective_batch_size": 50, "total_steps": 120, "valid_metric": "eer",
+              "valid_higher_better": False,
+              "parameters": {"trainable": 110, "total": 130, "by_part": {
+                  "upstream": {"trainable": 0, "total": 20},
+                  "downstream": {"trainable": 100, "total": 100},
+                  "task": {"trainable": 10, "total": 10}}}}
+    training = {"config": config, "history": history, "history_json": "train/history.json"}
+    paths = write_verification_report(tmp_path / "report", make_results(tmp_path, trials=300),
+                                      None, "ASV", training=training)
+    md = paths["report_md"].read_text()
+    assert "| Loss | `aamsoftmax` `margin=0.2` |" in md
+    assert "| Optimizer | `AdamW` (defaults), lr: the optimizer's default |" in md
+    assert "`ExponentialLR` `gamma=0.9`, stepped every update" in md
+    assert "| Checkpoint choice | validation eer (lower is better) |" in md
+    assert ("110 / 130 (upstream 0 / 20, downstream 100 / 100, loss/task 10 / 10)") in md
+    report = json.loads(paths["report_json"].read_text())
+    assert report["config"] == config and report["training"]["validations"] == 2
+    data = paths["training_curves_png"].read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 10_000
 
 
 def test_probit_is_the_normal_inverse_cdf():

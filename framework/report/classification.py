@@ -1,9 +1,11 @@
-"""The report page of a classification problem: ``report.md``, ``report.json`` and a PNG.
+"""The report page of a classification problem: ``report.md``, ``report.json`` and PNGs.
 
 Input is one result per (checkpoint, split), each with the metrics of
 :func:`framework.metrics.classification.classification_metrics`. One of them is the
 *headline* (usually the ``valid_best`` checkpoint on ``test``): the page opens with it and
-shows its per-class table, confusion matrix and most frequent confusions.
+shows its per-class table, confusion matrix and most frequent confusions. Optionally, the
+items per class per split (:func:`class_counts`) and the training setup and curves
+(:func:`framework.report.summary.training_summary`).
 
 >>> import tempfile, pandas as pd
 >>> from framework.metrics.classification import classification_metrics
@@ -30,16 +32,22 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
+from framework.audio.dataset import read_manifest  # noqa: E402
 from framework.report.markdown import link, md_row, num, pct, text  # noqa: E402
+from framework.report.summary import CURVES_PNG, md_training, plot_training_curves  # noqa: E402
 
 HEADLINE_CHECKPOINT, HEADLINE_SPLIT = "valid_best", "test"
+CURVE_METRICS = ["accuracy", "macro_f1"]  # validation curves drawn (when recorded)
 N_TOP_CONFUSIONS = 5
 PNG_NAME = "confusion_matrix.png"
 
 
 def write_classification_report(out_dir: str | Path, results: list[dict], classes: list[str],
-                                title: str, best: dict | None = None) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md`` and ``confusion_matrix.png`` into ``out_dir``.
+                                title: str, best: dict | None = None,
+                                training: dict | None = None,
+                                counts: dict | None = None) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and ``confusion_matrix.png`` into ``out_dir``,
+    and ``training_curves.png`` when ``training`` is given.
 
     ``results``: dicts with ``checkpoint`` (e.g. ``"valid_best"``, ``"step-1000"``), ``split``
     (``"test"``, ``"valid"``, …), ``step`` (int or ``None``), ``predictions_csv`` (path) and
@@ -50,8 +58,13 @@ def write_classification_report(out_dir: str | Path, results: list[dict], classe
     ``{"checkpoint": ..., "split": ...}`` naming one of ``results``. ``None`` means
     ``valid_best`` on ``test`` if present, else the first result.
 
-    Returns ``{"report_json", "report_md", "confusion_matrix"}`` → written paths.
-    Raises ``ValueError`` when ``results`` is empty or ``best`` names no result.
+    ``training``: :func:`framework.report.summary.training_summary` of the run (a config
+    summary and the training history); ``counts``: :func:`class_counts` of its manifests.
+    Either adds its section to both files; ``None`` leaves it out.
+
+    Returns ``{"report_json", "report_md", "confusion_matrix"}`` (+ ``"training_curves"``)
+    → written paths. Raises ``ValueError`` when ``results`` is empty or ``best`` names no
+    result.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -60,9 +73,14 @@ def write_classification_report(out_dir: str | Path, results: list[dict], classe
              "confusion_matrix": out_dir / PNG_NAME}
     plot_confusion_matrix(headline["metrics"], classes, paths["confusion_matrix"],
                           title=f"{title}: {_result_name(headline)}")
-    paths["report_json"].write_text(json.dumps(
-        _report_json(results, classes, title, headline), indent=2, allow_nan=False) + "\n")
-    paths["report_md"].write_text(render_markdown(results, classes, title, headline, out_dir))
+    if training is not None:
+        paths["training_curves"] = plot_training_curves(
+            training["history"], out_dir / CURVES_PNG, CURVE_METRICS, headline.get("step"),
+            f"{title}: training")
+    report = {**_report_json(results, classes, title, headline), **_extra_json(training, counts)}
+    paths["report_json"].write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    paths["report_md"].write_text(render_markdown(results, classes, title, headline, out_dir,
+                                                  training, counts))
     return paths
 
 
@@ -88,14 +106,44 @@ def _report_json(results: list[dict], classes: list[str], title: str, headline: 
         return {**result, "predictions_csv": str(result.get("predictions_csv", ""))}
 
     return {"title": title, "classes": list(classes), "headline": plain(headline),
+            "confusion_matrix_recall": row_normalized(
+                headline["metrics"]["confusion_matrix"]).tolist(),
             "results": [plain(result) for result in results]}
+
+
+def _extra_json(training: dict | None, counts: dict | None) -> dict:
+    """The optional sections of ``report.json``: ``config`` and ``training`` (curves PNG,
+    history file and record counts), ``class_counts`` (split → class → items)."""
+    extra = {}
+    if training is not None:
+        history = training["history"]
+        extra["config"] = training["config"]
+        extra["training"] = {"curves_png": CURVES_PNG, "history_json": training["history_json"],
+                             "train_records": len(history["train"]),
+                             "validations": len(history["valid"])}
+    if counts is not None:
+        extra["class_counts"] = counts
+    return extra
+
+
+def class_counts(manifests: dict, classes: list[str]) -> dict[str, dict[str, int]]:
+    """Items per class per split: ``{split: {class: n}}`` from each manifest's ``label``
+    column (``manifests``: split → CSV path, in the order to report). Every split lists
+    ``classes`` in order (0 when absent), then any other label it holds, sorted."""
+    counts = {}
+    for split, csv in manifests.items():
+        labels = read_manifest(csv)["label"].value_counts()
+        extra = sorted(set(labels.index) - set(classes))
+        counts[split] = {name: int(labels.get(name, 0)) for name in [*classes, *extra]}
+    return counts
 
 
 # --- report.md ------------------------------------------------------------------------------
 
 
 def render_markdown(results: list[dict], classes: list[str], title: str, headline: dict,
-                    out_dir: Path) -> str:
+                    out_dir: Path, training: dict | None = None,
+                    counts: dict | None = None) -> str:
     """The text of ``report.md``; links are relative to ``out_dir``."""
     sections = [
         f"# {title}",
@@ -104,9 +152,11 @@ def render_markdown(results: list[dict], classes: list[str], title: str, headlin
         _md_per_class(headline["metrics"], classes),
         _md_confusion(headline["metrics"], classes),
         _md_top_confusions(headline["metrics"], classes),
+        _md_class_counts(counts) if counts is not None else None,
+        md_training(training) if training is not None else None,
         _md_predictions(results, out_dir),
     ]
-    return "\n\n".join(sections) + "\n"
+    return "\n\n".join(section for section in sections if section) + "\n"
 
 
 def _md_headline(headline: dict) -> str:
@@ -154,7 +204,8 @@ def _md_per_class(metrics: dict, classes: list[str]) -> str:
 def _md_confusion(metrics: dict, classes: list[str]) -> str:
     """The PNG, then its counts as a table (rows = true class, columns = predicted)."""
     lines = ["## Confusion matrix (headline)", "",
-             f"![Confusion matrix: counts and share of all items]({PNG_NAME})", "",
+             f"![Confusion matrix: counts and recall (share of each true class)]({PNG_NAME})",
+             "",
              "Counts; rows are the true class, columns the predicted class; "
              "the diagonal (bold) is correct.", "",
              md_row(["true \\ predicted"] + [_md_name(name) for name in classes]),
@@ -175,6 +226,18 @@ def _md_top_confusions(metrics: dict, classes: list[str]) -> str:
         support = metrics["per_class"][true]["support"]
         lines.append(f"1. {_md_name(true)} → {_md_name(predicted)}: {count} "
                      f"({pct(count / support)} of {_md_name(true)})")
+    return "\n".join(lines)
+
+
+def _md_class_counts(counts: dict) -> str:
+    """Items per class (rows) and split (columns), with a total row."""
+    splits = list(counts)
+    names = list(dict.fromkeys(name for split in splits for name in counts[split]))
+    lines = ["## Items per class and split", "", md_row(["Class"] + [f"`{s}`" for s in splits]),
+             md_row(["---"] + ["---:"] * len(splits))]
+    for name in names:
+        lines.append(md_row([_md_name(name)] + [str(counts[s].get(name, 0)) for s in splits]))
+    lines.append(md_row(["**total**"] + [f"**{sum(counts[s].values())}**" for s in splits]))
     return "\n".join(lines)
 
 
@@ -206,25 +269,40 @@ def top_confusions(confusion: list[list[int]], classes: list[str],
 
 def plot_confusion_matrix(metrics: dict, classes: list[str], path: str | Path,
                           title: str = "") -> Path:
-    """Save counts (left) and share of all items in % (right) side by side as a PNG.
+    """Save counts (left) and the row-normalised matrix in % (right: each true class's items
+    spread over the predictions, so the diagonal is the recall) side by side as a PNG.
 
     Cell size and fonts shrink with the number of classes (but not below legible sizes), so
     12 classes look roomy and 35 still have non-overlapping labels; the figure grows instead.
     Empty cells are zeros; leaving them blank keeps the confusions easy to spot.
     """
     counts = np.asarray(metrics["confusion_matrix"], dtype=float)
-    shares = np.asarray(metrics["confusion_matrix_normalized"], dtype=float)
+    recall = row_normalized(metrics["confusion_matrix"])
     sizes = _figure_sizes(len(classes))
     fig, axes = plt.subplots(1, 2, figsize=sizes["figsize"], layout="constrained")
     _draw_matrix(axes[0], counts, classes, sizes, "Blues", lambda v: f"{v:.0f}")
     axes[0].set_title("Counts", fontsize=sizes["title"])
-    _draw_matrix(axes[1], shares * 100, classes, sizes, "Oranges", _format_percent)
-    axes[1].set_title("Share of all items (%)", fontsize=sizes["title"])
+    _draw_matrix(axes[1], recall * 100, classes, sizes, "Oranges", _format_percent)
+    axes[1].set_title("Share of each true class (%; diagonal = recall)",
+                      fontsize=sizes["title"])
     fig.suptitle(f"{title}  (n = {metrics['n']}; empty cell = 0)",
                  fontsize=sizes["title"] + 1)
     fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.2)
     plt.close(fig)
     return Path(path)
+
+
+def row_normalized(confusion) -> np.ndarray:
+    """Each row of a confusion matrix (true class) divided by its sum: row ``i`` is how class
+    ``i``'s items were predicted, so the diagonal is the per-class recall. A class with no
+    items keeps a row of zeros.
+
+    >>> row_normalized([[3, 1], [0, 0]]).tolist()
+    [[0.75, 0.25], [0.0, 0.0]]
+    """
+    counts = np.asarray(confusion, dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
 
 
 def _figure_sizes(n_classes: int) -> dict:

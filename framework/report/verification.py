@@ -6,7 +6,9 @@ Input is one record per (checkpoint, split): ``{"checkpoint", "split", "step", "
 :func:`framework.metrics.verification.verification_metrics` and a ``scores.csv`` of columns
 ``id1, id2, label, score``. The split ``valid`` chooses the checkpoint (lowest EER,
 :func:`best_by_valid_eer`); every other split is a test trial list (e.g. ``veri_test2``) and
-is only reported, never used to choose.
+is only reported, never used to choose. Optionally the page also shows the training setup and
+curves (:func:`framework.report.summary.training_summary`) and the data: utterances, speakers
+and trials per split (:func:`split_counts`) and the trials stage 0 dropped.
 
 >>> records = [{"checkpoint": "step-1000", "split": "valid", "metrics": {"eer": 0.08}},
 ...            {"checkpoint": "step-1000", "split": "veri_test2", "metrics": {"eer": 0.01}},
@@ -26,10 +28,14 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from framework.audio.dataset import read_manifest  # noqa: E402
 from framework.metrics.verification import det_points, eer, load_scores  # noqa: E402
 from framework.report.markdown import link, md_row, num, pct, text  # noqa: E402
+from framework.report.summary import CURVES_PNG, md_training, plot_training_curves  # noqa: E402
 
 VALID = "valid"
+CURVE_METRICS = ["eer", "min_dcf_0.01", "min_dcf_0.05"]  # validation curves drawn
+N_SHOWN_EXCLUDED = 5  # unusable utterances named on the page (all are in report.json)
 DET_PNG, HISTOGRAM_PNG = "det_curve.png", "score_histogram.png"
 # Probabilities a DET axis may be ticked at; the shown range is chosen from the data.
 DET_TICKS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4,
@@ -37,16 +43,23 @@ DET_TICKS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.
 
 
 def write_verification_report(out_dir: str | Path, results: list[dict], best: dict | None,
-                              title: str) -> dict[str, Path]:
-    """Write ``report.md``, ``report.json``, ``det_curve.png`` and ``score_histogram.png``.
+                              title: str, training: dict | None = None,
+                              data: dict | None = None) -> dict[str, Path]:
+    """Write ``report.md``, ``report.json``, ``det_curve.png`` and ``score_histogram.png``
+    (and ``training_curves.png`` when ``training`` is given).
 
     ``results``: records as in the module docstring; the table keeps their order. ``best``:
     the ``valid`` record of the chosen checkpoint (``None``: chosen here by
     :func:`best_by_valid_eer`). The figures read the chosen checkpoint's ``scores_csv`` files.
 
-    Returns ``{"report_md", "report_json", "det_curve_png", "score_histogram_png"}`` →
-    written paths. Raises ``ValueError`` when there is no ``valid`` record, ``best`` is not
-    one, or the chosen checkpoint has no test split.
+    ``training``: :func:`framework.report.summary.training_summary` of the run. ``data``:
+    ``{"splits": split_counts(...), "dropped_trials": {split: drop record} or None}`` (drop
+    records as returned by :func:`framework.verification.drop_unusable_trials`; ``None``: not
+    recorded). Either adds its section to both files; ``None`` leaves it out.
+
+    Returns ``{"report_md", "report_json", "det_curve_png", "score_histogram_png"}`` (+
+    ``"training_curves_png"``) → written paths. Raises ``ValueError`` when there is no
+    ``valid`` record, ``best`` is not one, or the chosen checkpoint has no test split.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,9 +74,14 @@ def write_verification_report(out_dir: str | Path, results: list[dict], best: di
     plot_score_histograms({entry["split"]: tables[entry["split"]] for entry in headline},
                           headline, paths["score_histogram_png"],
                           f"{title}: {chosen['name']}")
-    paths["report_json"].write_text(json.dumps(
-        _report_json(results, chosen, headline, title), indent=2, allow_nan=False) + "\n")
-    paths["report_md"].write_text(render_markdown(results, chosen, headline, title, out_dir))
+    if training is not None:
+        paths["training_curves_png"] = plot_training_curves(
+            training["history"], out_dir / CURVES_PNG, CURVE_METRICS, chosen["step"],
+            f"{title}: training")
+    report = {**_report_json(results, chosen, headline, title), **_extra_json(training, data)}
+    paths["report_json"].write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    paths["report_md"].write_text(render_markdown(results, chosen, headline, title, out_dir,
+                                                  training, data))
     return paths
 
 
@@ -125,16 +143,58 @@ def _report_json(results: list[dict], chosen: dict, headline: list[dict], title:
             "figures": {"det_curve": DET_PNG, "score_histogram": HISTOGRAM_PNG}}
 
 
+def _extra_json(training: dict | None, data: dict | None) -> dict:
+    """The optional sections of ``report.json``: ``config`` and ``training`` (curves PNG,
+    history file and record counts), ``data`` (as given)."""
+    extra = {}
+    if training is not None:
+        history = training["history"]
+        extra["config"] = training["config"]
+        extra["training"] = {"curves_png": CURVES_PNG, "history_json": training["history_json"],
+                             "train_records": len(history["train"]),
+                             "validations": len(history["valid"])}
+    if data is not None:
+        extra["data"] = data
+    return extra
+
+
+def split_counts(manifests: dict) -> dict[str, dict]:
+    """Per split (``manifests``: split → CSV, as stage 0 wrote them): ``train`` →
+    ``{"utterances", "speakers"}`` (its ``spk`` column); each trial list ``X`` with an
+    ``X_utts`` manifest → ``{"utterances", "speakers", "trials", "target", "nontarget"}``
+    (speaker: an utterance id's first path component, VoxCeleb's ``id1xxxx/...``; ``None``
+    when an id has none)."""
+    counts = {}
+    for split, csv in manifests.items():
+        if split == "train":
+            train = read_manifest(csv)
+            counts[split] = {"utterances": len(train), "speakers": int(train["spk"].nunique())}
+        elif f"{split}_utts" in manifests:
+            counts[split] = _trial_counts(csv, manifests[f"{split}_utts"])
+    return counts
+
+
+def _trial_counts(trials_csv, utts_csv) -> dict:
+    trials, ids = read_manifest(trials_csv), read_manifest(utts_csv)["id"]
+    speakers = int(ids.str.split("/").str[0].nunique()) if ids.str.contains("/").all() \
+        else None
+    target = int(trials["label"].astype(int).sum())
+    return {"utterances": len(ids), "speakers": speakers, "trials": len(trials),
+            "target": target, "nontarget": len(trials) - target}
+
+
 # --- report.md ------------------------------------------------------------------------------
 
 
 def render_markdown(results: list[dict], chosen: dict, headline: list[dict], title: str,
-                    out_dir: Path) -> str:
+                    out_dir: Path, training: dict | None = None,
+                    data: dict | None = None) -> str:
     """The text of ``report.md``; links are relative to ``out_dir``."""
-    sections = [f"# {title}", _md_headline(chosen, headline), _md_results(results, chosen,
-                                                                          out_dir),
-                _md_figures(), _md_notes()]
-    return "\n\n".join(sections) + "\n"
+    sections = [f"# {title}", _md_headline(chosen, headline),
+                _md_results(results, chosen, out_dir), _md_figures(),
+                _md_data(data) if data is not None else None,
+                md_training(training) if training is not None else None, _md_notes()]
+    return "\n\n".join(section for section in sections if section) + "\n"
 
 
 def _md_headline(chosen: dict, headline: list[dict]) -> str:
@@ -179,6 +239,40 @@ def _md_figures() -> str:
         "## Figures (chosen checkpoint)", "",
         f"![DET curve: miss rate against false acceptance rate]({DET_PNG})", "",
         f"![Target and non-target score histograms on test]({HISTOGRAM_PNG})"])
+
+
+def _md_data(data: dict) -> str:
+    """Utterances, speakers and trials per split, then what stage 0 dropped and why."""
+    dropped = data.get("dropped_trials")
+    lines = ["## Data", "", md_row(["Split", "Utterances", "Speakers",
+                                    "Trials (target / non-target)", "Trials dropped"]),
+             md_row(["---"] + ["---:"] * 4)]
+    for split, c in data["splits"].items():
+        trials = (f"{_count(c['trials'])} ({_count(c['target'])} / {_count(c['nontarget'])})"
+                  if "trials" in c else "—")
+        gone = (dropped or {}).get(split)
+        lines.append(md_row([f"`{split}`", _count(c["utterances"]), text(c["speakers"]),
+                             trials, _count(gone["dropped"]) if gone else "—"]))
+    return "\n".join(lines + ["", _md_dropped(dropped)])
+
+
+def _md_dropped(dropped: dict | None) -> str:
+    if dropped is None:
+        return ("Trials dropped at stage 0: not recorded (the data was prepared before this "
+                "was kept; rerun stage 0 with `force=true` to record it).")
+    hit = {split: d for split, d in dropped.items() if d["dropped"]}
+    if not hit:
+        return "No trial was dropped: every utterance the trial lists name has usable audio."
+    lines = []
+    for split, d in hit.items():
+        bad = d["excluded_utterances"]
+        shown = "; ".join(f"`{u['id']}`: {u['reason'].rstrip('.') or 'reason not recorded'}"
+                          for u in bad[:N_SHOWN_EXCLUDED])
+        more = f"; and {len(bad) - N_SHOWN_EXCLUDED} more" if len(bad) > N_SHOWN_EXCLUDED else ""
+        lines.append(f"- `{split}`: {_count(d['dropped'])} of {_count(d['listed'])} listed "
+                     f"trials dropped at stage 0, because they name {len(bad)} utterance(s) "
+                     f"whose audio is unusable (listed in `data/excluded.csv`): {shown}{more}.")
+    return "\n".join(lines)
 
 
 def _md_notes() -> str:
