@@ -88,7 +88,7 @@ class TargetLock:
                             "for it to finish, stop it, or choose another target_dir") from None
         self.stale = os.pread(fd, 4096, 0).decode(errors="replace").strip()
         mine = f"pid {os.getpid()} on {socket.gethostname()} since " \
-               f"{datetime.datetime.now():%Y-%m-%d %H:%M:%S}: {shlex.join(sys.argv)}"
+               f"{datetime.datetime.now():%Y-%m-%d %H:%M:%S}: {command_line()}"
         os.ftruncate(fd, 0)
         os.pwrite(fd, mine.encode(), 0)
         self.fd = fd
@@ -171,7 +171,16 @@ def version_line() -> str:
 def log_header(log: logging.Logger) -> None:
     """The line each invocation's log opens with: time, command and code version."""
     log.info("==== %s  %s  [%s]", datetime.datetime.now().isoformat(sep=" ", timespec="seconds"),
-             shlex.join(sys.argv), version_line())
+             command_line(), version_line())
+
+
+def command_line() -> str:
+    """This process's command, as typed (``python -m framework run ...``)."""
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).parts[-2:] == ("framework", "__main__.py"):
+        argv[0] = "python -m framework"
+        return f"{argv[0]} {shlex.join(argv[1:])}"
+    return shlex.join(argv)
 
 
 def log_to_file(target_dir: Path, message: str, level: int = logging.ERROR) -> None:
