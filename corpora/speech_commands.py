@@ -78,8 +78,12 @@ class Row(NamedTuple):
 
 
 def prepare_speech_commands(target_dir, dataset_root, test_root=None, classes="superb12",
-                            silence_secs=1.0, valid_silence_fraction=0.1) -> dict[str, Path]:
+                            silence_secs=1.0, valid_silence_fraction=0.1,
+                            get_path_only=False) -> dict[str, Path]:
     """Write ``train.csv``, ``valid.csv`` and ``test.csv`` into ``target_dir``.
+
+    ``get_path_only`` checks the options and that ``dataset_root`` exists, and returns the
+    paths without reading the corpus or writing anything.
 
     ``classes`` is ``"superb12"`` (needs ``test_root``) or ``"all"`` (ignores it).
     ``silence_secs`` is the length of a ``_silence_`` cut; the last
@@ -98,6 +102,8 @@ def prepare_speech_commands(target_dir, dataset_root, test_root=None, classes="s
     """
     _check_options(classes, silence_secs, valid_silence_fraction)
     root = _corpus_root(dataset_root, classes)
+    if get_path_only:
+        return {split: Path(target_dir) / f"{split}.csv" for split in ("train", "valid", "test")}
     test_set = _test_set_rows(test_root) if classes == "superb12" else []  # fail fast
     words = _word_folders(root, classes)
     valid, test = (_read_list(root, name, words) for name in (VALID_LIST, TEST_LIST))

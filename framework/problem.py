@@ -16,6 +16,7 @@ import logging
 import shutil
 import signal
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -153,6 +154,18 @@ class Problem:
             raise ConfigError(f"start={cfg.start} comes after stop={cfg.stop}: nothing to run "
                               f"(stages: {', '.join(f'{i} {n}' for i, n in enumerate(STAGES))})")
         workspace.check_target_dir(Path(cfg.target_dir).resolve(), self.problem_name())
+        self.check_splits(cfg)
+
+    def check_splits(self, cfg: DictConfig) -> None:
+        """``evaluate.splits`` must name manifests that stage 0 will write (asked of
+        ``prepare_data`` with ``get_path_only``, in a scratch folder)."""
+        with tempfile.TemporaryDirectory() as scratch:
+            planned = self.prepare_data(cfglib.to_plain(cfg.prepare_data), Path(scratch),
+                                        Path(scratch), get_path_only=True)
+        unknown = [s for s in cfg.evaluate.splits if s not in planned or s == "train"]
+        if unknown:
+            raise ConfigError(f"evaluate.splits: no manifest {unknown}; stage 0 writes "
+                              f"{', '.join(s for s in planned if s != 'train')}")
 
     def run_in_process_group(self) -> dict:
         distributed.start(self.dist, self.device, self.cfg.dist_backend, self.cfg.dist_timeout)
@@ -311,7 +324,9 @@ class Problem:
     def prepare_data(self, prepare_data: dict, target_dir: Path, cache_dir: Path,
                      get_path_only: bool = False) -> dict[str, Path]:
         """Parse the corpus into manifests; return {"train": csv, "valid": csv, "test": csv,
-        ...} (every split but train and valid is a test set)."""
+        ...} (every split but train and valid is a test set). With ``get_path_only`` only
+        check the options and return the paths, reading and writing nothing (s3prl's
+        convention; it is asked before stage 0, to check ``evaluate.splits``)."""
         raise NotImplementedError(f"{type(self).__name__} must implement prepare_data")
 
     def stage_build_encoder(self, cfg) -> StageResult:

@@ -9,4 +9,4 @@ class KWS(UtteranceClassification):
     config_file = "kws.yaml"
 
     def prepare_data(self, prepare_data, target_dir, cache_dir, get_path_only=False):
-        return prepare_speech_commands(target_dir, **prepare_data)
+        return prepare_speech_commands(target_dir, **prepare_data, get_path_only=get_path_only)

@@ -36,6 +36,10 @@ BAD_VALUES = [
     ("target_dir=", "target_dir=null: must be non-empty"),
     ("target_dir=' '", "target_dir=' '"),
     ("start=4", "start=4 comes after stop=1"),
+    ("evaluate.splits=[tset]", "evaluate.splits: no manifest ['tset']; stage 0 writes valid, "
+                               "test"),
+    ("prepare_data.dataset_root=/no/such/corpus", "prepare_data.dataset_root=/no/such/corpus "
+                                                  "does not exist"),
 ]
 
 
@@ -56,7 +60,7 @@ def test_each_bad_value_is_refused_before_anything_is_written(item, named, tmp_p
     target = tmp_path / "run"
     dotlist = command(target, corpus, "stop=1" if item.startswith("start=") else "stop=4",
                       item)
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(UserError) as caught:
         KWS().run(dotlist=dotlist)
     assert named in str(caught.value)
     assert "\n" not in str(caught.value)
