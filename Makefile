@@ -13,6 +13,7 @@ $(VENV)/.installed: setup.cfg scripts/fix_torchaudio_cpu.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps resemblyzer  # ge2e's weights only (extra "ge2e")
 	$(PY) scripts/fix_torchaudio_cpu.py
 	touch $@
 

@@ -134,3 +134,7 @@ def masked_mean(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
     mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lens[:, None]).to(x.dtype)
     total = (x * mask.unsqueeze(-1)).sum(1)
     return total / mask.sum(1, keepdim=True).clamp(min=1.0)
+
+
+# The SSL (transformers, imported lazily) and GE2E upstreams register themselves in UPSTREAMS.
+from framework.models import ge2e, ssl  # noqa: E402,F401
