@@ -25,11 +25,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from framework import config as cfglib
-from framework import distributed, interrupts, workspace
+from framework import distributed, inference, interrupts, workspace
 from framework.audio.dataset import collate_padded, read_manifest
 from framework.audio.io import screen_manifest
 from framework.audio.samplers import BATCH_SAMPLERS
-from framework.checkpoint import CheckpointDir, load_checkpoint
+from framework.checkpoint import CheckpointDir
 from framework.encoder import CategoryEncoder
 from framework.errors import ConfigError, UserError
 from framework.files import read_json
@@ -37,10 +37,9 @@ from framework.models.downstream import DOWNSTREAMS
 from framework.models.featurizer import Featurizer
 from framework.models.model import UpstreamDownstreamModel
 from framework.models.upstream import UPSTREAMS
-from framework.progress import progress
 from framework.registry import check_kwargs
 from framework.stages import STAGES, StageBook, StageResult, corpus_inputs, stage_index
-from framework.trainer import Trainer, TrainConfig, seed_everything, to_device
+from framework.trainer import Trainer, TrainConfig, seed_everything
 
 log = logging.getLogger("framework.problem")
 
@@ -51,6 +50,9 @@ MODEL_SECTIONS = ("build_dataset", "build_batch_sampler", "build_collate_fn", "b
 
 class Problem:
     """Base class of every problem. Subclasses set ``config_file`` (layered over parents')."""
+
+    #: the sections that decide the trained model (its checkpoints carry them)
+    model_sections = MODEL_SECTIONS
 
     config_file: str | None = "problem.yaml"  # the run keys every problem shares
     #: config sections (and run keys) whose values decide each stage's result
@@ -104,7 +106,23 @@ class Problem:
         comments = cls.config_comments()
         cfglib.check_complete(cfg, comments)
         cfglib.check_values(cfg, comments)
+        cls.resolve_sample_rate(cfg)
         return cfg
+
+    @classmethod
+    def resolve_sample_rate(cls, cfg: DictConfig) -> None:
+        """``build_dataset.sample_rate: null`` becomes the upstream's rate (audio is resampled
+        to it when read); a set rate that differs from the upstream's is refused."""
+        upstream = UPSTREAMS.get(cfg.build_upstream.name, "build_upstream.name")
+        expected = upstream.expected_sample_rate(cfglib.to_plain(cfg.build_upstream.conf))
+        given = cfg.build_dataset.sample_rate
+        if given is None:
+            cfg.build_dataset.sample_rate = expected
+        elif given != expected:
+            raise ConfigError(f"build_dataset.sample_rate={given} but upstream "
+                              f"'{cfg.build_upstream.name}' takes {expected} Hz audio; set "
+                              f"build_dataset.sample_rate={expected} or null (the upstream's "
+                              "rate: audio is resampled to it when read)")
 
     def check_builders(self, cfg: DictConfig) -> None:
         """Fail before stage 0 on a wrong name or argument for any named building block."""
@@ -412,8 +430,10 @@ class Problem:
                           num_workers=workers, prefetch_factor=4 if workers else None)
 
     # -- stage 2: train ---------------------------------------------------------------------------
-    def build_model_and_task(self, cfg):
-        encoder = self.load_encoder(self.artifact("build_encoder", "encoder"))
+    def build_model_and_task(self, cfg, encoder=None):
+        """The task (with its model) configured by ``cfg``, on this run's device; ``encoder``
+        defaults to stage 1's."""
+        encoder = encoder or self.load_encoder(self.artifact("build_encoder", "encoder"))
         model = self.build_model(cfglib.to_plain(cfg.build_model), self.model_output_size(
             encoder, cfg), cfglib.to_plain(cfg.build_upstream), cfglib.to_plain(
             cfg.build_featurizer), cfglib.to_plain(cfg.build_downstream))
@@ -434,7 +454,7 @@ class Problem:
         train_loader = self.build_loader(cfg, "train", csvs["train"])
         self.trainer = Trainer(TrainConfig(**cfglib.to_plain(cfg.train)), task, optimizer,
                                scheduler, train_loader, self.build_validation(cfg, task),
-                               ckpts, self.device, self.checkpoint_meta(cfg),
+                               ckpts, self.device, self.checkpoint_meta(cfg, task),
                                make_writer(train_dir) if self.dist.is_main else None, self.dist)
         progress = self.trainer.fit()
         self.trainer = None
@@ -450,45 +470,17 @@ class Problem:
         loader = self.build_loader(cfg, "valid", self.manifests()["valid"])
         return lambda: self.evaluate_loader(task, loader)[0]
 
-    def checkpoint_meta(self, cfg) -> dict:
-        return {"problem": self.problem_name(), "config": cfglib.to_plain(cfg)}
+    def checkpoint_meta(self, cfg, task) -> dict:
+        encoder = self.load_encoder(self.artifact("build_encoder", "encoder"))
+        return inference.checkpoint_meta(self.problem_name(), cfglib.to_plain(cfg), encoder,
+                                         task.model.upstream)
 
     # -- stage 3: evaluate ------------------------------------------------------------------------
     def evaluate_loader(self, task, loader) -> tuple[dict, object]:
-        """Run ``task.eval_step`` over ``loader`` (at most ``eval_batch`` batches)."""
-        return self.evaluate(cfglib.to_plain(self.cfg.evaluate), task, loader,
-                             self.cfg.eval_batch, self.device)
-
-    def evaluate(self, evaluate: dict, task, loader, eval_batch: int, device):
-        """→ (metrics, per-item table) from ``task.summarize`` over the batches.
-
-        Distributed: each rank runs its shard of every batch; the shards are gathered in the
-        one-process order, so metrics and tables equal a one-process evaluation's. Every rank
-        gets the metrics; the table is rank 0's only (None elsewhere).
-        """
-        batches = self.eval_batches(task, loader, eval_batch, device)
-        if self.dist.enabled:
-            batches = interleave(self.dist.gather(batches))
-            if not self.dist.is_main:
-                return self.dist.broadcast(None), None
-        outputs: dict[str, list] = {}
-        for batch in batches:
-            for key, value in batch.items():
-                outputs.setdefault(key, []).append(value)
-        metrics, table = task.summarize({k: concat(v) for k, v in outputs.items()})
-        return self.dist.broadcast(metrics), table
-
-    def eval_batches(self, task, loader, eval_batch: int, device) -> list[dict]:
-        """``task.eval_step`` of this process's batches (at most ``eval_batch`` of them)."""
-        task.eval()
-        total = len(loader) if eval_batch < 0 else min(eval_batch, len(loader))
-        out = []
-        for index, batch in enumerate(progress(loader, total=total, desc="evaluate", leave=False,
-                                               disable=not self.dist.is_main)):
-            if index == total:
-                break
-            out.append(task.eval_step(to_device(batch, device)))
-        return out
+        """(metrics, per-item table) of ``task`` over ``loader`` (at most ``eval_batch``
+        batches), through the one evaluator (:class:`framework.inference.Evaluator`)."""
+        return inference.Evaluator(self.dist, self.device, self.cfg.eval_batch).run(task,
+                                                                                     loader)
 
     def chosen_checkpoints(self, cfg) -> dict[str, Path]:
         """name → checkpoint file: test_ckpt_dir, else test_ckpt_steps, else valid_best."""
@@ -508,19 +500,21 @@ class Problem:
         """The config the checkpoints were trained with (not today's command line); ``warn``
         logs each section today's config changes."""
         trained = OmegaConf.load(self.artifact("train", "config"))
-        for section in MODEL_SECTIONS if warn else ():
+        if warn:
+            self.warn_changed_sections(trained)
+        return trained
+
+    def warn_changed_sections(self, trained) -> None:
+        for section in self.model_sections:
             if cfglib.to_plain(trained[section]) != cfglib.to_plain(self.cfg[section]):
                 log.warning("%s differs from the trained model's; using the trained one "
                             "(%s)", section, self.artifact("train", "config"))
-        return trained
 
     def stage_evaluate(self, cfg) -> StageResult:
-        trained = self.trained_config()
-        task = self.build_model_and_task(trained)
-        csvs, results = self.manifests(), []
+        self.trained_config()  # warns about sections today's command changes
+        models, csvs, results = inference.TrainedModels(self), self.manifests(), []
         for name, path in self.chosen_checkpoints(cfg).items():
-            state = load_checkpoint(path, self.problem_name())
-            task.load_trainable_state_dict(state["task"])
+            task, state, trained = models.load(path)
             for split in cfg.evaluate.splits:
                 if split not in csvs:
                     raise ConfigError(f"evaluate.splits: no '{split}' manifest; have "
@@ -671,21 +665,6 @@ def make_writer(folder: Path):
 def manifest_outputs(manifests: dict) -> dict[str, str]:
     """Stage outputs naming each manifest: ``{"<split>_csv": absolute path}``."""
     return {f"{split}_csv": str(Path(csv).resolve()) for split, csv in manifests.items()}
-
-
-def interleave(per_rank: list[list]) -> list:
-    """Batch i of rank 0, of rank 1, ... then batch i+1: the one-process order, because rank r
-    holds slice r of each global batch (ranks run out of batches only at the end)."""
-    longest = max(len(batches) for batches in per_rank)
-    return [batches[i] for i in range(longest) for batches in per_rank if i < len(batches)]
-
-
-def concat(parts: list):
-    import numpy as np
-
-    if isinstance(parts[0], list):
-        return [x for part in parts for x in part]
-    return np.concatenate(parts)
 
 
 def headline(metrics: dict) -> str:

@@ -215,7 +215,8 @@ class Trainer:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         self.progress.oom_in_row += 1
-        secs = batch["wav"].shape[-1] / 16000 if "wav" in batch else float("nan")
+        rate = self.meta.get("sample_rate", 16000)
+        secs = batch["wav"].shape[-1] / rate if "wav" in batch else float("nan")
         where = f"batch of {len(batch.get('id', []))} items, {secs:.1f} s padded; ids " \
                 f"{batch_ids([batch])}"
         advice = ("reduce build_batch_sampler.train.batch_size or build_dataset.train.max_secs "

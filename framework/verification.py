@@ -23,7 +23,7 @@ import pandas as pd
 from framework import config as cfglib
 from framework.audio.dataset import AudioDataset, read_manifest
 from framework.audio.segments import WindowDataset, collate_windows
-from framework.checkpoint import load_checkpoint
+from framework.inference import TrainedModels
 from framework.embedding_store import EmbeddingStore
 from framework.audio.io import screen_manifest
 from framework.errors import AudioError, ConfigError, UserError
@@ -149,13 +149,10 @@ class SpeakerVerification(Problem):
 
     # -- stage 3 -----------------------------------------------------------------------------
     def stage_evaluate(self, cfg) -> StageResult:
-        trained = self.trained_config()
-        task = self.build_model_and_task(trained)
-        splits = self.evaluated_splits(cfg)
-        results = []
+        self.trained_config()  # warns about sections today's command changes
+        models, splits, results = TrainedModels(self), self.evaluated_splits(cfg), []
         for name, path in self.chosen_checkpoints(cfg).items():
-            state = load_checkpoint(path, self.problem_name())
-            task.load_trainable_state_dict(state["task"])
+            task, state, trained = models.load(path)
             cohort = self.cohort(cfg, trained, task, path)
             for split in splits:
                 record = self.evaluate_trials(trained, task, path, name, split, cohort)
@@ -217,11 +214,8 @@ class SpeakerVerification(Problem):
         """Cosine score of two audio files under an evaluated checkpoint, and the decision at
         that checkpoint's validation-EER threshold. Needs :meth:`attach` and stage 3."""
         record = self.validation_record(checkpoint)
-        trained = self.trained_config(warn=False)
+        task, _, trained = TrainedModels(self).load(record["checkpoint_path"])
         trained.build_dataset.cache_waveforms = False  # two files: not worth a cache entry
-        task = self.build_model_and_task(trained)
-        state = load_checkpoint(record["checkpoint_path"], self.problem_name())
-        task.load_trainable_state_dict(state["task"])
         with tempfile.TemporaryDirectory() as tmp:
             manifest = Path(tmp) / "pair.csv"
             pd.DataFrame({"id": ["a", "b"], "wav_path": [str(wav1), str(wav2)]}).to_csv(

@@ -70,7 +70,7 @@ def test_frozen_upstream_gets_no_gradient_and_is_not_checkpointed():
     head = DOWNSTREAMS.build("mean_linear", {"hidden_size": 3}, input_size=4, output_size=2)
     model = UpstreamDownstreamModel(upstream, Featurizer(upstream), head, upstream_trainable=False)
     model.train()
-    model(torch.randn(2, 6), torch.tensor([6, 3])).sum().backward()
+    model({"wav": torch.randn(2, 6), "wav_len": torch.tensor([6, 3])}).sum().backward()
     assert upstream.scale.grad is None and not upstream.training
     assert not [k for k in model.trainable_state_dict() if k.startswith("upstream.")]
     trainable = UpstreamDownstreamModel(upstream, Featurizer(upstream), head, True)

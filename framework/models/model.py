@@ -8,10 +8,14 @@ from torch import nn
 
 
 class UpstreamDownstreamModel(nn.Module):
-    """``model(wavs (B, T), wav_lens (B,))`` → the downstream's output.
+    """``model(batch)`` → the downstream's output.
 
-    With ``upstream_trainable=False`` the upstream is frozen: no gradients, eval mode, and it
-    is left out of :meth:`trainable_state_dict`, so checkpoints do not copy its weights.
+    ``batch`` holds ``wav`` (B, T) float and ``wav_len`` (B,) long, or, when a frozen
+    upstream's features were cached, ``hidden_states`` (a list of (B, T', D) tensors, the
+    selected layers in upstream order) and ``hidden_lens`` (B,) long; then the upstream is
+    not run at all. With ``upstream_trainable=False`` the upstream is frozen: no gradients,
+    eval mode, and it is left out of :meth:`trainable_state_dict`, so checkpoints do not copy
+    its weights.
     """
 
     def __init__(self, upstream: nn.Module, featurizer: nn.Module, downstream: nn.Module,
@@ -27,12 +31,18 @@ class UpstreamDownstreamModel(nn.Module):
             self.upstream.eval()
         return self
 
-    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor):
-        frozen = not (self.upstream_trainable and self.training)
-        with torch.no_grad() if frozen else contextlib.nullcontext():
-            hidden, lens = self.upstream(wavs, wav_lens)
+    def forward(self, batch: dict):
+        hidden, lens = self.hidden_states(batch)
         features, lens = self.featurizer(hidden, lens)
         return self.downstream(features, lens)
+
+    def hidden_states(self, batch: dict) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The upstream's layers for ``batch``: cached ones, else computed from the wave."""
+        if "hidden_states" in batch:
+            return batch["hidden_states"], batch["hidden_lens"]
+        frozen = not (self.upstream_trainable and self.training)
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            return self.upstream(batch["wav"], batch["wav_len"])
 
     def trainable_state_dict(self) -> dict:
         """State to checkpoint: everything but a frozen upstream."""

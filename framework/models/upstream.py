@@ -10,6 +10,8 @@ device (one batched STFT), never utterance by utterance.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 import torchaudio
@@ -28,6 +30,15 @@ class Upstream(nn.Module):
     @property
     def num_layers(self) -> int:
         return len(self.hidden_sizes)
+
+    @classmethod
+    def expected_sample_rate(cls, conf: dict) -> int:
+        """The input rate (Hz) of this upstream built with ``conf``, without building it:
+        its ``sample_rate`` argument when it takes one, else the class's ``sample_rate``."""
+        param = inspect.signature(cls.__init__).parameters.get("sample_rate")
+        if param is not None:
+            return int(conf.get("sample_rate", param.default))
+        return int(cls.sample_rate)
 
 
 class SpectralUpstream(Upstream):

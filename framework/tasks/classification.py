@@ -11,7 +11,7 @@ from framework.tasks.base import Task
 
 
 class UtteranceClassificationTask(Task):
-    """``model(wav, wav_len)`` gives logits (B, C) over ``classes`` (names in index order)."""
+    """``model(batch)`` gives logits (B, C) over ``classes`` (names in index order)."""
 
     def __init__(self, model, classes: list[str], top_k: tuple[int, ...] = (1, 5)):
         super().__init__(model)
@@ -19,12 +19,12 @@ class UtteranceClassificationTask(Task):
         self.top_k = tuple(top_k)
 
     def train_step(self, batch):
-        logits = self.model(batch["wav"], batch["wav_len"])
+        logits = self.model(batch)
         return F.cross_entropy(logits, batch["label"])
 
     @torch.no_grad()
     def eval_step(self, batch):
-        logits = self.model(batch["wav"], batch["wav_len"])
+        logits = self.model(batch)
         out = {"id": list(batch["id"]), "scores": logits.softmax(-1).cpu().numpy()}
         if "label" in batch:
             out["label"] = batch["label"].cpu().numpy()

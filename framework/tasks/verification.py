@@ -1,6 +1,6 @@
 """Speaker verification: learn embeddings through speaker classification, score by cosine.
 
-Training: ``model(wav, wav_len)`` gives embeddings (B, E), a speaker-classification loss from
+Training: ``model(batch)`` gives embeddings (B, E), a speaker-classification loss from
 :data:`~framework.models.losses.LOSSES` (softmax, AM-, AAM-softmax) turns them into a loss.
 The loss's class weights belong to the task, so they are checkpointed and restored with it.
 Evaluation: each batch holds windows of utterances (:mod:`framework.audio.segments`);
@@ -24,12 +24,12 @@ class SpeakerVerificationTask(Task):
                                  input_size=embedding_size, num_classes=num_speakers)
 
     def train_step(self, batch):
-        loss, _ = self.loss(self.model(batch["wav"], batch["wav_len"]), batch["label"])
+        loss, _ = self.loss(self.model(batch), batch["label"])
         return loss
 
     @torch.no_grad()
     def eval_step(self, batch):
-        embeddings = self.model(batch["wav"], batch["wav_len"])
+        embeddings = self.model(batch)
         return {"utt": batch["utt"].numpy(), "frames": batch["wav_len"].cpu().numpy(),
                 "embedding": embeddings.float().cpu().numpy()}
 
