@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import errno
+import functools
 import inspect
 import json
 import logging
@@ -25,8 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from framework import config as cfglib
-from framework import distributed, inference, interrupts, workspace
-from framework.audio.dataset import collate_padded, read_manifest
+from framework import distributed, feature_cache, inference, interrupts, workspace
+from framework.audio.dataset import AudioDataset, collate_padded, read_manifest
 from framework.audio.io import screen_manifest
 from framework.audio.samplers import BATCH_SAMPLERS
 from framework.checkpoint import CheckpointDir
@@ -415,19 +416,38 @@ class Problem:
     def build_collate_fn(self, build_collate_fn: dict, mode: str):
         return collate_padded
 
-    def build_loader(self, cfg, mode: str, data_csv: Path) -> DataLoader:
-        """Dataset + batch sampler + collate for one manifest, from the sections in ``cfg``."""
+    def build_loader(self, cfg, mode: str, data_csv: Path, model=None) -> DataLoader:
+        """Dataset + batch sampler + collate for one manifest, from the sections in ``cfg``.
+        Given the ``model``, a frozen learned upstream's features come from the feature cache
+        (:mod:`framework.feature_cache`) when ``build_upstream.cache_features`` is on."""
         with self.dist.main_first():  # rank 0 builds a shared waveform cache, then the rest
             dataset = self.build_dataset(cfglib.to_plain(cfg.build_dataset), self.target_dir,
                                          self.cache_dir, mode, data_csv, self.artifact(
                                              "build_encoder", "encoder"))
+        collate = self.build_collate_fn(cfglib.to_plain(cfg.build_collate_fn), mode)
+        if model is not None and uses_feature_cache(cfg, model, dataset):
+            dataset, collate = self.cached_features(model, dataset)
         sampler = self.build_batch_sampler(cfglib.to_plain(cfg.build_batch_sampler),
                                            self.target_dir, self.cache_dir, mode, data_csv,
                                            dataset)
-        collate = self.build_collate_fn(cfglib.to_plain(cfg.build_collate_fn), mode)
         workers = self.cfg.num_workers
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                           num_workers=workers, prefetch_factor=4 if workers else None)
+
+    def cached_features(self, model, audio):
+        """(dataset of cached hidden states, its collate) over ``audio``; missing entries are
+        extracted first."""
+        layers = model.featurizer.layers
+        store = feature_cache.FeatureStore(self.cache_dir, upstream_identity(model.upstream),
+                                           layers)
+        entries = feature_cache.entries_for(store, audio)
+        feature_cache.extract_missing(store, model.upstream, audio, entries, self.device,
+                                      self.dist)
+        max_secs = audio.max_frames / audio.sample_rate if audio.max_frames else None
+        dataset = feature_cache.CachedFeatureDataset(
+            audio, store, entries, audio.sample_rate / model.upstream.downsample_rate,
+            max_secs, audio.crop)
+        return dataset, functools.partial(feature_cache.collate_features, layers=layers)
 
     # -- stage 2: train ---------------------------------------------------------------------------
     def build_model_and_task(self, cfg, encoder=None):
@@ -451,7 +471,7 @@ class Problem:
         optimizer = self.build_optimizer(cfglib.to_plain(cfg.build_optimizer), params)
         scheduler = self.build_scheduler(cfglib.to_plain(cfg.build_scheduler), optimizer)
         csvs = self.manifests()
-        train_loader = self.build_loader(cfg, "train", csvs["train"])
+        train_loader = self.build_loader(cfg, "train", csvs["train"], task.model)
         self.trainer = Trainer(TrainConfig(**cfglib.to_plain(cfg.train)), task, optimizer,
                                scheduler, train_loader, self.build_validation(cfg, task),
                                ckpts, self.device, self.checkpoint_meta(cfg, task),
@@ -467,7 +487,7 @@ class Problem:
     def build_validation(self, cfg, task):
         """A function of no arguments returning the validation metrics (called by the
         trainer every ``eval_step``): by default the task evaluated on the valid manifest."""
-        loader = self.build_loader(cfg, "valid", self.manifests()["valid"])
+        loader = self.build_loader(cfg, "valid", self.manifests()["valid"], task.model)
         return lambda: self.evaluate_loader(task, loader)[0]
 
     def checkpoint_meta(self, cfg, task) -> dict:
@@ -519,7 +539,7 @@ class Problem:
                 if split not in csvs:
                     raise ConfigError(f"evaluate.splits: no '{split}' manifest; have "
                                       f"{', '.join(csvs)}")
-                loader = self.build_loader(trained, "test", csvs[split])
+                loader = self.build_loader(trained, "test", csvs[split], task.model)
                 results.append(self.save_evaluation(task, loader, name, split, state))
         out = self.target_dir / "evaluate" / "results.json"
         if self.dist.is_main:
@@ -654,6 +674,20 @@ def existing_parent(path: Path) -> Path:
 def log_traceback(target_dir: Path, err: Exception) -> None:
     """A bug's full traceback in log.txt (the console shows it anyway)."""
     workspace.log_to_file(target_dir, "".join(traceback.format_exception(err)).rstrip())
+
+
+def uses_feature_cache(cfg, model, dataset) -> bool:
+    """Whether ``dataset``'s items should be cached features: a frozen, learned upstream
+    with ``build_upstream.cache_features`` on, over whole utterances (an AudioDataset)."""
+    return bool(cfg.build_upstream.get("cache_features", False)) \
+        and not model.upstream_trainable and getattr(model.upstream, "learned", False) \
+        and isinstance(dataset, AudioDataset)
+
+
+def upstream_identity(upstream) -> dict:
+    if hasattr(upstream, "identity"):
+        return upstream.identity()
+    return {"class": type(upstream).__name__}
 
 
 def make_writer(folder: Path):

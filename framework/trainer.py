@@ -332,9 +332,14 @@ def batch_ids(batches: list[dict], shown: int = 8) -> str:
     return ", ".join(map(str, ids[:shown])) + more
 
 
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-            for k, v in batch.items()}
+def to_device(batch, device):
+    """Every tensor of ``batch`` (nested in dicts too, e.g. cached hidden states) on
+    ``device``."""
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
 
 
 def seed_everything(seed: int) -> None:

@@ -2,9 +2,11 @@
 helper running the KWS recipe on it with settings small enough for CPU tests."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
+import shutil
 import socket
 import subprocess
 
@@ -79,3 +81,20 @@ def launch(commands: list[list[str]], env: dict | None = None, timeout: float = 
         out, err = proc.communicate(timeout=timeout)
         results.append((proc.returncode, err))
     return results
+
+
+@contextlib.contextmanager
+def small_disk(folder, size: str):
+    """A tmpfs of ``size`` mounted at ``folder`` for the block: a real full disk. Skips the
+    test, saying why, where mounting is not permitted (it needs root, as in CI)."""
+    folder.mkdir(parents=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip()}): the full-disk "
+                    "path is checked where CI runs as root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
-import pytest
-
-from tests.conftest import corpus_overrides
+from tests.conftest import corpus_overrides, small_disk
 
 
 def run_cli(*args, **kwargs):
@@ -55,29 +52,15 @@ def test_score_imports_only_registered_problems_unless_named(tmp_path):
         done.stderr
 
 
-def mount_tmpfs(folder, size: str) -> bool:
-    folder.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                          capture_output=True, text=True)
-    return done.returncode == 0
-
-
 def test_a_full_disk_is_one_line_naming_the_free_space(tmp_path, corpus):
-    disk = tmp_path / "small_disk"
-    if not mount_tmpfs(disk, "400k"):
-        pytest.skip("cannot mount a small tmpfs here (needs root): the disk-full path is "
-                    "checked where CI runs as root")
-    try:
-        roots = corpus_overrides(corpus)["prepare_data"]
+    roots = corpus_overrides(corpus)["prepare_data"]
+    with small_disk(tmp_path / "small_disk", "400k") as disk:
         done = run_cli("run", "kws", f"target_dir={disk / 'run'}",
                        f"prepare_data.dataset_root={roots['dataset_root']}",
                        f"prepare_data.test_root={roots['test_root']}", "num_workers=0",
                        "train.total_steps=20", "train.eval_step=20", "train.save_step=10",
                        f"cache_dir={tmp_path / 'cache'}")
-        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
-        last = done.stderr.strip().splitlines()[-1]
-        assert last.startswith("error: disk full") and "GiB free" in last
-        assert "run the same command to resume" in last
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
-        shutil.rmtree(disk, ignore_errors=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: disk full") and "GiB free" in last
+    assert "run the same command to resume" in last

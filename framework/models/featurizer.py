@@ -29,13 +29,15 @@ class Featurizer(nn.Module):
         if len(sizes) > 1:
             raise ConfigError(f"build_featurizer.layer_selections: selected layers differ in "
                               f"size {sorted(sizes)}; select layers of one size")
-        self.layers = layers
+        self.layers = [i % upstream.num_layers for i in layers]  # cached layers are keyed so
         self.normalize = normalize
         self.output_size = sizes.pop()
         self.downsample_rate = upstream.downsample_rate
         self.weights = nn.Parameter(torch.zeros(len(layers))) if len(layers) > 1 else None
 
-    def forward(self, hidden_states: list[torch.Tensor], lens: torch.Tensor):
+    def forward(self, hidden_states, lens: torch.Tensor):
+        """``hidden_states``: the upstream's list of layers, or a dict holding at least the
+        selected ones by layer index (cached features); each (B, T', D)."""
         chosen = [hidden_states[i] for i in self.layers]
         if self.normalize:
             chosen = [F.layer_norm(h, h.shape[-1:]) for h in chosen]

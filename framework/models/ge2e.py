@@ -51,6 +51,7 @@ class GE2E(Upstream):
     """GE2E speaker encoder (resemblyzer's pretrained 3×256 LSTM on 40 mel bands), 10 ms frames."""
 
     sample_rate = 16000
+    learned = True
     downsample_rate = 160
     n_fft, n_mels, hidden_size, num_lstm_layers = 400, 40, 256, 3
 

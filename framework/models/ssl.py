@@ -81,10 +81,11 @@ class HFUpstream(Upstream):
     config_class: str
     sizes: dict[str, dict] = {"base": {}, "large": LARGE}
     sample_rate = 16000
+    learned = True
 
     def __init__(self, checkpoint: str | None = None, random_init: bool = False,
                  size: str | None = None, config: dict | None = None,
-                 normalize: bool | None = None):
+                 normalize: bool | None = None, seed: int = 0):
         super().__init__()
         if bool(checkpoint) == bool(random_init):
             raise ConfigError(f"{KEY}: {self.name} needs either checkpoint=PATH (a Hugging Face "
@@ -93,7 +94,11 @@ class HFUpstream(Upstream):
         overrides = self.check_overrides(config or {})
         if random_init:
             self.source = None
-            self.model = self.build_random(size or "base", overrides)
+            # its own seed: a frozen random upstream is not checkpointed, so evaluation and
+            # every later run must rebuild exactly the same weights
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.model = self.build_random(size or "base", overrides)
         else:
             if size is not None:
                 raise ConfigError(f"{KEY}.size: applies to random_init only; the checkpoint "

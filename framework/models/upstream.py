@@ -26,6 +26,8 @@ class Upstream(nn.Module):
 
     hidden_sizes: list[int]
     downsample_rate: int
+    #: a learned (pretrained or trainable) network, worth caching when frozen
+    learned: bool = False
 
     @property
     def num_layers(self) -> int:

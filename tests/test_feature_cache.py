@@ -1,0 +1,98 @@
+"""The frozen-feature cache on real runs: same results as computing features at every step,
+computed once and shared across target_dirs, invalidated per file, refused on a full disk."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from framework.errors import UserError
+from tests.conftest import small_disk
+
+# a tiny random-init wav2vec2 (2 transformer layers of 32): 3 hidden states, 320x downsampling
+TINY_SSL = {"name": "wav2vec2", "conf": {"random_init": True, "config": {
+    "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
+    "intermediate_size": 64, "conv_dim": [32, 32, 32], "conv_kernel": [10, 8, 4],
+    "conv_stride": [5, 8, 8], "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 4}}}
+SETTINGS = {"build_upstream": TINY_SSL, "build_downstream": {"conf": {"hidden_size": 32}},
+            "train": {"total_steps": 30, "eval_step": 30, "save_step": 30, "log_step": 10}}
+
+
+def entries(cache_dir) -> list:
+    return sorted((cache_dir / "features").rglob("*.npy"))
+
+
+def metrics(target) -> dict:
+    return json.loads((target / "evaluate/valid_best/test/metrics.json").read_text())
+
+
+def run(run_kws, target, cache_dir, cached: bool, **extra):
+    upstream = {**TINY_SSL, "cache_features": cached}
+    return run_kws(target, cache_dir=str(cache_dir),
+                   **{**SETTINGS, "build_upstream": upstream, **extra})
+
+
+@pytest.fixture(scope="module")
+def cache_runs(tmp_path_factory, corpus):
+    """One run with the cache and one without, over the same corpus."""
+    from tests.conftest import FAST, corpus_overrides, merge
+    from recipes.kws import KWS
+
+    base = tmp_path_factory.mktemp("feature_cache")
+    out = {}
+    for cached in (True, False):
+        target = base / f"cached_{cached}"
+        settings = merge(merge(FAST, corpus_overrides(corpus)), SETTINGS)
+        settings["build_upstream"] = {**TINY_SSL, "cache_features": cached}
+        KWS().run(target_dir=str(target), cache_dir=str(base / "cache"), **settings)
+        out[cached] = target
+    return base, out
+
+
+def test_cached_features_give_the_same_results_as_computing_them(cache_runs):
+    base, targets = cache_runs
+    with_cache, without = metrics(targets[True]), metrics(targets[False])
+    assert abs(with_cache["accuracy"] - without["accuracy"]) <= 1 / 24 + 1e-9  # one test item
+    assert abs(with_cache["loss"] - without["loss"]) < 0.02  # fp16 storage
+    train = (targets[True] / "data/train.csv").read_text().count("\n") - 1
+    assert len(entries(base / "cache")) >= train  # every training utterance is cached
+    identity = json.loads(next((base / "cache/features").glob("*/upstream.json")).read_text())
+    assert identity["layers"] == [0, 1, 2] and identity["upstream"]["upstream"] == "wav2vec2"
+
+
+def test_a_second_target_dir_reuses_every_entry(cache_runs, run_kws, tmp_path, caplog):
+    base, _ = cache_runs
+    before = {p: p.stat().st_mtime_ns for p in entries(base / "cache")}
+    run(run_kws, tmp_path / "other", base / "cache", True,
+        build_optimizer={"conf": {"lr": 1e-3}})
+    assert {p: p.stat().st_mtime_ns for p in entries(base / "cache")} == before
+    assert "feature cache: extracting" not in caplog.text
+
+
+def test_a_changed_file_invalidates_only_its_entry(cache_runs, run_kws, tmp_path, corpus,
+                                                   caplog):
+    import os
+    import shutil
+
+    base, _ = cache_runs
+    cache = shutil.copytree(base / "cache", tmp_path / "cache")
+    wav = next(corpus["v0.01"].glob("yes/*.wav"))
+    stat = wav.stat()
+    try:
+        os.utime(wav, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: new state
+        count = len(entries(cache))
+        run(run_kws, tmp_path / "run", cache, True)
+        assert "feature cache: extracting 1 utterances" in caplog.text
+        assert len(entries(cache)) == count + 1
+    finally:
+        os.utime(wav, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_extraction_that_cannot_fit_on_disk_is_refused_first(run_kws, tmp_path):
+    with small_disk(tmp_path / "disk", "200k") as disk:
+        with pytest.raises(UserError, match=r"the feature cache needs about .* GB .* set "
+                                            r"build_upstream.cache_features=false"):
+            run(run_kws, tmp_path / "run", disk, True,
+                build_dataset={"cache_waveforms": False})
+        assert entries(disk) == []
