@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import csv
 import doctest
+import os
 import struct
+import threading
 import tracemalloc
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -48,6 +51,33 @@ def _assert_rejected(path, reason_part):
         read_audio(path)
     assert caught.value.path == str(path)
     return info
+
+
+@contextmanager
+def fifo_watchdog(fifo, seconds: float = 20):
+    """Fail, rather than hang the suite, when the block opens ``fifo`` for reading and waits:
+    after ``seconds`` a writer keeps opening and closing it, which releases such a reader."""
+    stop, fired = threading.Event(), threading.Event()
+
+    def release():
+        if stop.wait(seconds):
+            return
+        fired.set()
+        while not stop.wait(0.1):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader waiting right now
+                pass
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    if fired.is_set():
+        pytest.fail(f"opening {fifo} blocked for more than {seconds} s")
 
 
 # ------------------------------------------------------------------ formats that must read
@@ -153,6 +183,47 @@ def test_truncated_flac_is_caught_while_decoding(tmp_path):
         size = len(fh.read())
     info = inspect_audio(_cut(good, size // 2, "cut.flac"))
     assert not info.ok and info.reason.startswith("truncated: header promises 6.000 s"), info
+
+
+def test_wav_truncated_after_screening_is_refused_by_read_audio_too(tmp_path):
+    """A file can be damaged after stage 0; reading it must not hand out a shorter wave."""
+    good = _write(tmp_path, "good.wav", _sine(300, 1.0, 16000), subtype="PCM_16")
+    with pytest.raises(AudioError, match="truncated: header promises 1.000 s"):
+        read_audio(_cut(good, 44 + 8000, "cut.wav"), max_frames=1000)
+
+
+def test_fifo_and_dangling_symlink_are_refused_without_blocking(tmp_path):
+    fifo, link = tmp_path / "pipe.wav", tmp_path / "link.wav"
+    os.mkfifo(fifo)
+    link.symlink_to(tmp_path / "nowhere.wav")
+    with fifo_watchdog(fifo):
+        assert inspect_audio(str(fifo)).reason == "not a regular file: a FIFO (named pipe)"
+        with pytest.raises(AudioError, match="FIFO"):
+            read_audio(str(fifo))
+        with pytest.raises(AudioError, match="FIFO"):
+            audio_io.audio_format(str(fifo))
+    reason = f"dangling symlink: its target {tmp_path / 'nowhere.wav'} does not exist"
+    assert inspect_audio(str(link)).reason == reason
+    with pytest.raises(AudioError, match="dangling symlink"):
+        read_audio(str(link))
+    assert "a folder" in inspect_audio(str(tmp_path)).reason
+
+
+def test_screening_lists_fifos_and_dangling_symlinks_and_never_waits(tmp_path):
+    good = _write(tmp_path, "good.wav", _sine(300, 1.0, 16000), subtype="PCM_16")
+    fifo, link = tmp_path / "pipe.wav", tmp_path / "link.wav"
+    os.mkfifo(fifo)
+    link.symlink_to(tmp_path / "nowhere.wav")
+    manifest, excluded = tmp_path / "train.csv", tmp_path / "excluded.csv"
+    pd.DataFrame({"id": ["g", "f", "l"], "wav_path": [good, str(fifo), str(link)]}).to_csv(
+        manifest, index=False)
+    with fifo_watchdog(fifo):
+        result = screen_manifest(manifest, excluded, num_workers=2)
+    assert (result.kept, result.excluded) == (1, 2)
+    reasons = dict(pd.read_csv(excluded)[["id", "reason"]].itertuples(index=False))
+    assert reasons == {"f": "not a regular file: a FIFO (named pipe)",
+                       "l": f"dangling symlink: its target {tmp_path / 'nowhere.wav'} "
+                            "does not exist"}
 
 
 def test_text_file_named_wav_and_missing_file(tmp_path):

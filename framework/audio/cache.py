@@ -6,10 +6,14 @@ for the CPU. The cache stores every row's waveform (at the dataset's sample rate
 back in ``<cache_dir>/waveforms/<key>/data.bin``, with ``index.npy`` (int64 offset and length
 per row). An item is then a slice of a memory map: no decoding, no memory held per item.
 
-The key hashes the sample rate and, per row, the path, segment and the file's size and mtime,
-so a cache is shared by every run over the same files and never serves changed audio.
+The key hashes the sample rate and, per row, the path, segment and the file's inode, size and
+mtime, so a cache is shared by every run over the same files and never serves
+changed audio (nor another file reached by the same path, e.g. through a re-pointed symlink).
 Samples are int16 when every source is mono 16-bit PCM at the target rate (lossless), else
 float32.
+A row whose audio cannot be read (a file damaged or deleted after stage 0) is stored with no
+samples and its reason in ``meta.json`` (``skipped``: {row: reason}); the build goes on, and
+:attr:`WaveformCache.skipped` tells the dataset which items to skip.
 Caches are built in a temporary folder and renamed into place (never seen half-written).
 """
 from __future__ import annotations
@@ -21,10 +25,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
-from framework.audio.io import read_audio
+from framework.audio.io import audio_format, read_audio
+from framework.errors import AudioError
 from framework.progress import progress
 
 INT16_SUBTYPES = {"PCM_16"}
@@ -33,8 +37,12 @@ INT16_SUBTYPES = {"PCM_16"}
 def cache_key(rows, sample_rate: int) -> str:
     digest = hashlib.sha256(str(sample_rate).encode())
     for path, start, end in rows:
-        stat = os.stat(path)
-        digest.update(f"{path}|{start}|{end}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        try:
+            stat = os.stat(path)  # inode: the same path may reach another file
+            state = f"{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}"
+        except OSError:  # gone since stage 0: the build will skip it
+            state = "missing"
+        digest.update(f"{path}|{start}|{end}|{state}\n".encode())
     return digest.hexdigest()[:20]
 
 
@@ -46,6 +54,8 @@ class WaveformCache:
         meta = json.loads((self.folder / "meta.json").read_text())
         self.dtype = np.dtype(meta["dtype"])
         self.index = np.load(self.folder / "index.npy", allow_pickle=False)
+        #: row → why its audio could not be read when the cache was built
+        self.skipped = {int(row): reason for row, reason in meta.get("skipped", {}).items()}
         self._data = None
 
     @classmethod
@@ -86,17 +96,22 @@ def build(rows, sample_rate: int, folder: Path) -> None:
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     index = np.zeros((len(rows), 2), dtype=np.int64)
+    skipped = {}
     with open(tmp / "data.bin", "wb") as out:
         for i, (path, start, end) in enumerate(progress(rows, desc="cache waveforms",
                                                          unit="file")):
-            wav = read_audio(path, start, end, sample_rate).numpy()
+            try:
+                wav = read_audio(path, start, end, sample_rate).numpy()
+            except AudioError as err:  # damaged after stage 0: the dataset skips the item
+                skipped[i], wav = err.reason, np.zeros(0, np.float32)
             if lossless:
                 wav = np.round(wav * 32768.0).clip(-32768, 32767)
             index[i] = (index[i - 1].sum() if i else 0, len(wav))
             out.write(wav.astype(dtype).tobytes())
     np.save(tmp / "index.npy", index, allow_pickle=False)
     (tmp / "meta.json").write_text(json.dumps({"dtype": np.dtype(dtype).name,
-                                               "sample_rate": sample_rate, "rows": len(rows)}))
+                                               "sample_rate": sample_rate, "rows": len(rows),
+                                               "skipped": skipped}))
     try:
         os.replace(tmp, folder)
     except OSError:  # another process finished the same cache first: keep theirs
@@ -104,6 +119,11 @@ def build(rows, sample_rate: int, folder: Path) -> None:
 
 
 def _is_int16_at(path: str, sample_rate: int) -> bool:
-    info = sf.info(path)
-    return (info.subtype in INT16_SUBTYPES and info.samplerate == sample_rate
-            and info.channels == 1)
+    """Whether ``path`` is mono 16-bit PCM at ``sample_rate``; an unreadable file (skipped
+    by the build) does not decide."""
+    try:
+        header = audio_format(path)
+    except AudioError:
+        return True
+    return (header.subtype in INT16_SUBTYPES and header.sample_rate == sample_rate
+            and header.channels == 1)

@@ -55,7 +55,8 @@ import torchaudio.functional as AF
 from framework.errors import AudioError, CorpusError
 from framework.progress import progress
 
-__all__ = ["AudioInfo", "ScreenResult", "inspect_audio", "read_audio", "screen_manifest"]
+__all__ = ["AudioFormat", "AudioInfo", "ScreenResult", "audio_format", "inspect_audio",
+           "read_audio", "screen_manifest"]
 
 # A segment may end this far past the file's end (timestamps rounded to 10 ms are common);
 # the read is then clamped to the file's end. Anything further is a manifest error.
@@ -117,14 +118,12 @@ class _RiffData(NamedTuple):
 # --------------------------------------------------------------------------- opening
 
 
-def _open(path, fd: Optional[int] = None) -> sf.SoundFile:
-    """Open ``path`` (or the descriptor ``fd`` already open on it, which the returned file
-    leaves open); unreadable or non-audio files raise AudioError."""
+def _open(path, fd: int) -> sf.SoundFile:
+    """A SoundFile on the descriptor ``fd`` open on ``path`` (left open by the returned file);
+    non-audio files raise AudioError."""
     try:
-        return sf.SoundFile(path if fd is None else fd, closefd=False)
+        return sf.SoundFile(fd, closefd=False)
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
-        if not os.path.exists(path):
-            raise AudioError(path, "file not found") from None
         raise AudioError(path, f"not readable as audio: {_sf_message(err)}") from None
 
 
@@ -134,6 +133,34 @@ def _sf_message(err: Exception) -> str:
     return message.removeprefix("Error : ").strip()
 
 
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISDIR, "a folder"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"))
+
+
+def _open_regular(path) -> tuple[int, int]:
+    """``(descriptor, size)`` of the regular file ``path``; anything else raises AudioError.
+
+    Opened with O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer
+    forever (for a regular file the flag changes nothing). A dangling symlink says so.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise AudioError(path, f"dangling symlink: its target {os.readlink(path)} "
+                                   "does not exist") from None
+        raise AudioError(path, "file not found") from None
+    except OSError as err:
+        raise AudioError(path, f"cannot open: {err.strerror or err}") from None
+    mode = os.fstat(fd)
+    if not stat.S_ISREG(mode.st_mode):
+        os.close(fd)
+        kind = next((name for test, name in _NOT_REGULAR if test(mode.st_mode)), "special")
+        raise AudioError(path, f"not a regular file: {kind}")
+    return fd, mode.st_size
+
+
 @contextmanager
 def _open_with_riff(path):
     """Open ``path`` once, yielding ``(SoundFile, _RiffData or None)``.
@@ -141,17 +168,9 @@ def _open_with_riff(path):
     One descriptor serves both the header walk and libsndfile: screening is dominated by
     per-file opening costs, not by reading.
     """
+    fd, size = _open_regular(path)
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise AudioError(path, "file not found") from None
-    except OSError as err:
-        raise AudioError(path, f"cannot open: {err.strerror or err}") from None
-    try:
-        status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode):
-            raise AudioError(path, "not a regular file")
-        riff = _riff_data(fd, status.st_size)
+        riff = _riff_data(fd, size)
         with _open(path, fd) as f:
             yield f, riff
     finally:
@@ -290,8 +309,10 @@ def inspect_audio(path, start: Optional[float] = None, end: Optional[float] = No
     """Check whether ``path`` (or its segment ``start``..``end``, seconds) can be trained on.
 
     Never raises for a bad file: returns ``AudioInfo(ok=False, reason=...)`` for a missing,
-    unreadable or non-audio file, an empty (0-frame) file, a header-only or truncated file,
-    NaN or infinite samples, and a segment that is inverted or lies beyond the file's end.
+    unreadable or non-audio file, a dangling symlink, a FIFO or other non-regular file
+    (never opened in a way that could block), an empty (0-frame) file, a header-only or
+    truncated file, NaN or infinite samples, and a segment that is inverted or lies beyond
+    the file's end.
     Silent (all-zero) audio is ok. Float and compressed data is decoded in blocks of one
     second, only over the requested segment; integer-PCM WAV needs its header alone.
 
@@ -311,6 +332,21 @@ def inspect_audio(path, start: Optional[float] = None, end: Optional[float] = No
     except AudioError as err:
         return AudioInfo(False, err.reason, 0.0, rate, channels)
     return AudioInfo(True, "", (last - first) / rate, rate, channels)
+
+
+class AudioFormat(NamedTuple):
+    """What a file's header says: rate (Hz), channels and libsndfile subtype (``PCM_16``...)."""
+
+    sample_rate: int
+    channels: int
+    subtype: str
+
+
+def audio_format(path) -> AudioFormat:
+    """The header of ``path``, nothing decoded; AudioError when it cannot be opened as audio
+    (a FIFO is refused, never waited on)."""
+    with _open_with_riff(path) as (f, _):
+        return AudioFormat(f.samplerate, f.channels, f.subtype)
 
 
 # --------------------------------------------------------------------------- reading
@@ -387,9 +423,11 @@ def read_audio(path, start: Optional[float] = None, end: Optional[float] = None,
     few frames of context, so it equals the same span of the whole segment resampled (to
     float rounding). Integer PCM comes back in [-1, 1]; float
     files come back as stored. Raises AudioError (path + one-line reason) for a missing,
-    unreadable or empty file, a segment beyond the file's end, and NaN/inf samples; the
-    result never contains NaN. Truncation is not checked here (libsndfile just returns
-    fewer frames): :func:`screen_manifest` excludes such files once, up front.
+    unreadable, empty or not regular file (a FIFO never blocks), a WAV holding less data
+    than its header promises (truncated), a segment beyond the file's end, and NaN/inf
+    samples; the result never contains NaN. Other damage that only decoding reveals (a
+    truncated FLAC) raises when the read reaches it; :func:`screen_manifest` checks whole
+    files once, up front.
 
     >>> import numpy as np, soundfile as sf, tempfile, os
     >>> tmp = tempfile.TemporaryDirectory()
@@ -399,7 +437,8 @@ def read_audio(path, start: Optional[float] = None, end: Optional[float] = None,
     tensor([4010., 4011., 4012.])
     >>> tmp.cleanup()
     """
-    with _open(path) as f:
+    with _open_with_riff(path) as (f, riff):
+        _check_riff_sizes(path, riff)
         first, last = _segment_frames(path, f, start, end)
         first, last, skip = _crop_window(path, first, last, f.samplerate, sample_rate,
                                          offset_frames, max_frames)
