@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from framework import interrupts
 from framework.checkpoint import FORMAT, CheckpointDir, load_checkpoint
 from framework.distributed import Distributed
-from framework.errors import UserError
+from framework.errors import ConfigError, UserError
 from framework.faults import kill_point
 from framework.progress import progress
 
@@ -52,6 +52,23 @@ class TrainConfig:
     keep_num_ckpts: int | None = None
     use_scheduler: bool = False
     max_nonfinite_steps: int = 10
+    precision: str = "fp32"
+
+    # train.precision → the autocast dtype of the forward pass (None: no autocast); fp16 also
+    # scales the loss (torch.amp.GradScaler, its state checkpointed)
+    DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+    @staticmethod
+    def check_precision(precision: str, device_type: str) -> None:
+        """Refuse an unknown ``train.precision``, and fp16 on CPU (CPU float16 autocast is
+        slow and partial, and loss scaling is a GPU remedy: bf16 is the CPU choice)."""
+        if precision not in TrainConfig.DTYPES:
+            raise ConfigError(f"train.precision={precision}: must be one of "
+                            f"{', '.join(TrainConfig.DTYPES)}")
+        if precision == "fp16" and device_type != "cuda":
+            raise ConfigError(f"train.precision=fp16 needs a CUDA device (device={device_type}): "
+                            f"float16 autocast with loss scaling is for GPUs; on CPU use "
+                            f"train.precision=bf16 (or fp32)")
 
 
 @dataclass
@@ -154,15 +171,23 @@ class Trainer:
         processes, NaN when the update was skipped."""
         self.task.train()
         self.progress.step += 1
+        scaler, unscaled = self.scaler, False  # fp16's loss scaler; a no-op when disabled
         try:
             loss = self.accumulate(batches)
+            scaler.unscale_(self.optimizer)  # clip and check the true gradients
+            unscaled = True
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.conf.gradient_clipping)
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            # fp16: an infinite gradient with a finite loss is a scale too high, not a fault
+            overflow = scaler.is_enabled() and math.isfinite(loss)
+            if not (math.isfinite(loss) and (overflow or math.isfinite(grad_norm))):
                 self.nonfinite(batches, loss, float(grad_norm))
             kill_point("step", self.progress.step)
-            self.optimizer.step()
-            if self.conf.use_scheduler:
-                self.scheduler.step()
+            scaler.step(self.optimizer)  # skips the update when the gradients overflowed
+            if not math.isfinite(grad_norm):
+                raise SkipStep(f"fp16 gradients overflowed; loss scale lowered from "
+                               f"{scaler.get_scale():g}")
+            if self.conf.use_scheduler or getattr(self.scheduler, "steps_every_update", False):
+                self.scheduler.step()  # warmup schedules (framework.schedules) always step
             self.progress.nonfinite_in_row = self.progress.oom_in_row = 0
         except SkipStep as skip:
             self.progress.skipped_steps += 1
@@ -170,19 +195,23 @@ class Trainer:
                         self.progress.skipped_steps, skip)
             loss = float("nan")
         finally:
+            if unscaled:
+                scaler.update()  # fp16: lower the scale after an overflow, raise it in time
             self.optimizer.zero_grad(set_to_none=True)
         return loss
 
     def accumulate(self, batches: list[dict]) -> float:
-        """Forward and backward every micro-batch; the all-reduce runs on the last only."""
-        total = 0.0
+        """Forward (under autocast for ``precision`` bf16/fp16) and backward every
+        micro-batch; the all-reduce runs on the last only."""
+        total, dtype = 0.0, TrainConfig.DTYPES[self.conf.precision]
         for index, batch in enumerate(batches):
             last = index == len(batches) - 1
             skip_sync = self.dist.enabled and not last
             with self.forward.no_sync() if skip_sync else contextlib.nullcontext():
                 try:
-                    loss = self.forward(to_device(batch, self.device))
-                    (loss / len(batches)).backward()
+                    with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+                        loss = self.forward(to_device(batch, self.device))
+                    self.scaler.scale(loss / len(batches)).backward()
                 except torch.OutOfMemoryError:
                     self.out_of_memory(batch)
             total += loss.item() / len(batches)
@@ -253,6 +282,9 @@ class Trainer:
 
         for name, value in quality_metrics(metrics).items():  # no counts, no thresholds
             self.scalar(f"valid/{name}", value)
+        featurizer = getattr(getattr(self.task, "model", None), "featurizer", None)
+        for layer, weight in (getattr(featurizer, "layer_weights", lambda: None)() or {}).items():
+            self.scalar(f"featurizer/layer_{layer:02d}", weight)
         if self.writer is not None:
             self.writer.flush()  # the curves so far are on disk while training goes on
         value = metrics.get(self.conf.valid_metric)
@@ -288,10 +320,14 @@ class Trainer:
                  "progress": asdict(self.progress)}
         if rngs is not None:
             state.update(optimizer=self.optimizer.state_dict(),
-                         scheduler=self.scheduler.state_dict(), rng=rngs)
+                         scheduler=self.scheduler.state_dict(), rng=rngs,
+                         scaler=self.scaler.state_dict())  # {} unless fp16
         return state
 
     def resume(self) -> None:
+        # train.precision=fp16 scales the loss; the scaler is training state, resumed too
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.conf.precision == "fp16")
         path = self.conf.resume_ckpt_dir or (self.ckpts.latest() if self.conf.auto_resume
                                              else None)
         if path is None:
@@ -305,6 +341,8 @@ class Trainer:
         self.task.load_trainable_state_dict(state["task"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):  # absent or {} when written without fp16
+            self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
         self.saved_step = self.progress.step
         self.restore_rng(state["rng"], path)

@@ -96,3 +96,19 @@ def test_extraction_that_cannot_fit_on_disk_is_refused_first(run_kws, tmp_path):
             run(run_kws, tmp_path / "run", disk, True,
                 build_dataset={"cache_waveforms": False})
         assert entries(disk) == []
+
+
+def test_learned_layer_weights_are_reported_and_logged(cache_runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, targets = cache_runs
+    report = json.loads((targets[True] / "report/report.json").read_text())
+    weights = report["training"]["layer_weights"]
+    assert list(weights) == ["0", "1", "2"] and abs(sum(weights.values()) - 1) < 1e-6
+    assert weights != {"0": 1 / 3, "1": 1 / 3, "2": 1 / 3}  # they were learned
+    png = targets[True] / "report" / report["training"]["layer_weights_png"]
+    assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 5_000
+    assert "Learned featurizer weights" in (targets[True] / "report/report.md").read_text()
+    events = EventAccumulator(str(targets[True] / "train/tensorboard"))
+    events.Reload()
+    assert {"featurizer/layer_00", "featurizer/layer_02"} <= set(events.Tags()["scalars"])

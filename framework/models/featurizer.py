@@ -45,3 +45,10 @@ class Featurizer(nn.Module):
             return chosen[0], lens
         weights = F.softmax(self.weights, dim=0)
         return sum(w * h for w, h in zip(weights, chosen)), lens
+
+    def layer_weights(self) -> dict[int, float] | None:
+        """Upstream layer → its softmax weight (None with one layer: nothing is learned)."""
+        if self.weights is None:
+            return None
+        weights = F.softmax(self.weights.detach().float(), dim=0).tolist()
+        return dict(zip(self.layers, weights))

@@ -34,7 +34,7 @@ from matplotlib.colors import PowerNorm  # noqa: E402
 
 from framework.audio.dataset import read_manifest  # noqa: E402
 from framework.report.markdown import link, md_row, num, pct, text  # noqa: E402
-from framework.report.summary import CURVES_PNG, md_training, plot_training_curves  # noqa: E402
+from framework.report.summary import md_training, training_json, write_training_figures  # noqa: E402,E501
 
 HEADLINE_CHECKPOINT, HEADLINE_SPLIT = "valid_best", "test"
 CURVE_METRICS = ["accuracy", "macro_f1"]  # validation curves drawn (when recorded)
@@ -74,9 +74,8 @@ def write_classification_report(out_dir: str | Path, results: list[dict], classe
     plot_confusion_matrix(headline["metrics"], classes, paths["confusion_matrix"],
                           title=f"{title}: {_result_name(headline)}")
     if training is not None:
-        paths["training_curves"] = plot_training_curves(
-            training["history"], out_dir / CURVES_PNG, CURVE_METRICS, headline.get("step"),
-            f"{title}: training")
+        paths.update(write_training_figures(training, out_dir, CURVE_METRICS,
+                                            headline.get("step"), title))
     report = {**_report_json(results, classes, title, headline), **_extra_json(training, counts)}
     paths["report_json"].write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     paths["report_md"].write_text(render_markdown(results, classes, title, headline, out_dir,
@@ -114,13 +113,7 @@ def _report_json(results: list[dict], classes: list[str], title: str, headline: 
 def _extra_json(training: dict | None, counts: dict | None) -> dict:
     """The optional sections of ``report.json``: ``config`` and ``training`` (curves PNG,
     history file and record counts), ``class_counts`` (split → class → items)."""
-    extra = {}
-    if training is not None:
-        history = training["history"]
-        extra["config"] = training["config"]
-        extra["training"] = {"curves_png": CURVES_PNG, "history_json": training["history_json"],
-                             "train_records": len(history["train"]),
-                             "validations": len(history["valid"])}
+    extra = training_json(training) if training is not None else {}
     if counts is not None:
         extra["class_counts"] = counts
     return extra

@@ -23,6 +23,7 @@ from framework.config import to_plain
 from framework.report.markdown import md_row, num
 
 CURVES_PNG = "training_curves.png"
+LAYER_WEIGHTS_PNG = "layer_weights.png"
 PART_NAMES = {"upstream": "upstream", "featurizer": "featurizer", "downstream": "downstream",
               "task": "loss/task"}
 
@@ -65,11 +66,37 @@ def training_summary(problem, loss: Callable[[dict], dict]) -> dict:
     ``{"name", "conf"}`` of the training loss, which each family names its own way. The model
     is built only to count its parameters.
     """
-    trained = problem.trained_config(warn=False)
-    task, plain = problem.build_model_and_task(trained), to_plain(trained)
+    from framework.inference import TrainedModels
+
+    task, _, trained = TrainedModels(problem).load(problem.artifact("train", "valid_best"))
+    plain = to_plain(trained)
     history_json = Path(problem.artifact("train", "config")).parent / "history.json"
     return {"config": config_summary(plain, task, loss(plain)),
-            "history": read_history(history_json), "history_json": str(history_json)}
+            "history": read_history(history_json), "history_json": str(history_json),
+            "layer_weights": task.model.featurizer.layer_weights()}
+
+
+def training_json(training: dict) -> dict:
+    """The ``config`` and ``training`` sections of a report.json (both families)."""
+    history = training["history"]
+    out = {"curves_png": CURVES_PNG, "history_json": training["history_json"],
+           "train_records": len(history["train"]), "validations": len(history["valid"])}
+    if training.get("layer_weights"):
+        out.update(layer_weights={str(k): v for k, v in training["layer_weights"].items()},
+                   layer_weights_png=LAYER_WEIGHTS_PNG)
+    return {"config": training["config"], "training": out}
+
+
+def write_training_figures(training: dict, out_dir: Path, metrics: list[str],
+                           best_step: int | None, title: str) -> dict[str, Path]:
+    """``training_curves.png`` and, when the featurizer learned layer weights,
+    ``layer_weights.png``; → their paths by name."""
+    paths = {"training_curves": plot_training_curves(
+        training["history"], out_dir / CURVES_PNG, metrics, best_step, f"{title}: training")}
+    if training.get("layer_weights"):
+        paths["layer_weights"] = plot_layer_weights(training["layer_weights"],
+                                                    out_dir / LAYER_WEIGHTS_PNG, title)
+    return paths
 
 
 def config_summary(cfg: dict, task, loss: dict) -> dict:
@@ -133,6 +160,13 @@ def md_training(summary: dict, curves_png: str | None = CURVES_PNG) -> str:
     if curves_png:
         lines += ["", f"![Training loss, learning rate and validation curves]({curves_png})",
                   "", _md_history_line(summary["history"])]
+    if summary.get("layer_weights"):
+        weights = summary["layer_weights"]
+        lines += ["", "Learned featurizer weights (softmax over the upstream's layers; the "
+                  "checkpoint reported):", "", "| Layer | " + " | ".join(map(str, weights))
+                  + " |", "|---|" + "---|" * len(weights),
+                  "| Weight | " + " | ".join(f"{w:.3f}" for w in weights.values()) + " |", "",
+                  f"![Learned layer weights]({LAYER_WEIGHTS_PNG})"]
     return "\n".join(lines)
 
 
@@ -208,6 +242,25 @@ def plot_training_curves(history: dict, path: str | Path, metrics: list[str],
     _plot_series(axes[2], history["train"], "lr", "learning rate")
     axes[2].set_title("Learning rate")
     fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_layer_weights(weights: dict[int, float], path: str | Path, title: str = "") -> Path:
+    """A bar chart of the featurizer's softmax weight per upstream layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(weights) + 2), 3), layout="constrained")
+    ax.bar([str(k) for k in weights], list(weights.values()), color="tab:blue")
+    ax.axhline(1 / len(weights), color="0.5", ls="--", lw=1, label="uniform")
+    ax.set_xlabel("upstream layer")
+    ax.set_ylabel("weight")
+    ax.set_title(f"{title}: learned layer weights" if title else "Learned layer weights")
+    ax.legend(fontsize=8)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from framework.audio.dataset import read_manifest  # noqa: E402
 from framework.metrics.verification import det_points, eer, load_scores  # noqa: E402
 from framework.report.markdown import link, md_row, num, pct, text  # noqa: E402
-from framework.report.summary import CURVES_PNG, md_training, plot_training_curves  # noqa: E402
+from framework.report.summary import md_training, training_json, write_training_figures  # noqa: E402,E501
 
 VALID = "valid"
 CURVE_METRICS = ["eer", "min_dcf_0.01", "min_dcf_0.05"]  # validation curves drawn
@@ -75,9 +75,8 @@ def write_verification_report(out_dir: str | Path, results: list[dict], best: di
                           headline, paths["score_histogram_png"],
                           f"{title}: {chosen['name']}")
     if training is not None:
-        paths["training_curves_png"] = plot_training_curves(
-            training["history"], out_dir / CURVES_PNG, CURVE_METRICS, chosen["step"],
-            f"{title}: training")
+        paths.update({f"{name}_png": path for name, path in write_training_figures(
+            training, out_dir, CURVE_METRICS, chosen["step"], title).items()})
     report = {**_report_json(results, chosen, headline, title), **_extra_json(training, data)}
     paths["report_json"].write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     paths["report_md"].write_text(render_markdown(results, chosen, headline, title, out_dir,
@@ -146,13 +145,7 @@ def _report_json(results: list[dict], chosen: dict, headline: list[dict], title:
 def _extra_json(training: dict | None, data: dict | None) -> dict:
     """The optional sections of ``report.json``: ``config`` and ``training`` (curves PNG,
     history file and record counts), ``data`` (as given)."""
-    extra = {}
-    if training is not None:
-        history = training["history"]
-        extra["config"] = training["config"]
-        extra["training"] = {"curves_png": CURVES_PNG, "history_json": training["history_json"],
-                             "train_records": len(history["train"]),
-                             "validations": len(history["valid"])}
+    extra = training_json(training) if training is not None else {}
     if data is not None:
         extra["data"] = data
     return extra
