@@ -9,13 +9,30 @@ import pytest
 from framework.errors import UserError
 from tests.conftest import small_disk
 
-# a tiny random-init wav2vec2 (2 transformer layers of 32): 3 hidden states, 320x downsampling
-TINY_SSL = {"name": "wav2vec2", "conf": {"random_init": True, "config": {
-    "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
-    "intermediate_size": 64, "conv_dim": [32, 32, 32], "conv_kernel": [10, 8, 4],
-    "conv_stride": [5, 8, 8], "num_conv_pos_embeddings": 16,
-    "num_conv_pos_embedding_groups": 4}}}
-SETTINGS = {"build_upstream": TINY_SSL, "build_downstream": {"conf": {"hidden_size": 32}},
+# a tiny wav2vec2 (2 transformer layers of 32): 3 hidden states, 320x downsampling
+TINY_CONFIG = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
+               "intermediate_size": 64, "conv_dim": [32, 32, 32], "conv_kernel": [10, 8, 4],
+               "conv_stride": [5, 8, 8], "num_conv_pos_embeddings": 16,
+               "num_conv_pos_embedding_groups": 4}
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A Hugging Face model folder as users have it (``save_pretrained``: config.json +
+    model.safetensors)."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_wav2vec2")
+    Wav2Vec2Model(Wav2Vec2Config(**TINY_CONFIG)).save_pretrained(folder)
+    return folder
+
+
+def settings(checkpoint, cached: bool) -> dict:
+    return {"build_upstream": {"name": "wav2vec2", "conf": {"checkpoint": str(checkpoint)},
+                               "cache_features": cached},
+            "build_downstream": {"conf": {"hidden_size": 32}},
             "train": {"total_steps": 30, "eval_step": 30, "save_step": 30, "log_step": 10}}
 
 
@@ -27,15 +44,13 @@ def metrics(target) -> dict:
     return json.loads((target / "evaluate/valid_best/test/metrics.json").read_text())
 
 
-def run(run_kws, target, cache_dir, cached: bool, **extra):
-    upstream = {**TINY_SSL, "cache_features": cached}
-    return run_kws(target, cache_dir=str(cache_dir),
-                   **{**SETTINGS, "build_upstream": upstream, **extra})
+def run(run_kws, target, cache_dir, checkpoint, cached: bool, **extra):
+    return run_kws(target, cache_dir=str(cache_dir), **{**settings(checkpoint, cached), **extra})
 
 
 @pytest.fixture(scope="module")
-def cache_runs(tmp_path_factory, corpus):
-    """One run with the cache and one without, over the same corpus."""
+def cache_runs(tmp_path_factory, corpus, tiny_checkpoint):
+    """The KWS recipe end to end over a saved SSL checkpoint, with the cache and without."""
     from tests.conftest import FAST, corpus_overrides, merge
     from recipes.kws import KWS
 
@@ -43,9 +58,9 @@ def cache_runs(tmp_path_factory, corpus):
     out = {}
     for cached in (True, False):
         target = base / f"cached_{cached}"
-        settings = merge(merge(FAST, corpus_overrides(corpus)), SETTINGS)
-        settings["build_upstream"] = {**TINY_SSL, "cache_features": cached}
-        KWS().run(target_dir=str(target), cache_dir=str(base / "cache"), **settings)
+        KWS().run(target_dir=str(target), cache_dir=str(base / "cache"),
+                  **merge(merge(FAST, corpus_overrides(corpus)), settings(tiny_checkpoint,
+                                                                          cached)))
         out[cached] = target
     return base, out
 
@@ -61,17 +76,18 @@ def test_cached_features_give_the_same_results_as_computing_them(cache_runs):
     assert identity["layers"] == [0, 1, 2] and identity["upstream"]["upstream"] == "wav2vec2"
 
 
-def test_a_second_target_dir_reuses_every_entry(cache_runs, run_kws, tmp_path, caplog):
+def test_a_second_target_dir_reuses_every_entry(cache_runs, run_kws, tmp_path, caplog,
+                                                tiny_checkpoint):
     base, _ = cache_runs
     before = {p: p.stat().st_mtime_ns for p in entries(base / "cache")}
-    run(run_kws, tmp_path / "other", base / "cache", True,
+    run(run_kws, tmp_path / "other", base / "cache", tiny_checkpoint, True,
         build_optimizer={"conf": {"lr": 1e-3}})
     assert {p: p.stat().st_mtime_ns for p in entries(base / "cache")} == before
     assert "feature cache: extracting" not in caplog.text
 
 
 def test_a_changed_file_invalidates_only_its_entry(cache_runs, run_kws, tmp_path, corpus,
-                                                   caplog):
+                                                   caplog, tiny_checkpoint):
     import os
     import shutil
 
@@ -82,18 +98,19 @@ def test_a_changed_file_invalidates_only_its_entry(cache_runs, run_kws, tmp_path
     try:
         os.utime(wav, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: new state
         count = len(entries(cache))
-        run(run_kws, tmp_path / "run", cache, True)
+        run(run_kws, tmp_path / "run", cache, tiny_checkpoint, True)
         assert "feature cache: extracting 1 utterances" in caplog.text
         assert len(entries(cache)) == count + 1
     finally:
         os.utime(wav, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-def test_extraction_that_cannot_fit_on_disk_is_refused_first(run_kws, tmp_path):
+def test_extraction_that_cannot_fit_on_disk_is_refused_first(run_kws, tmp_path,
+                                                              tiny_checkpoint):
     with small_disk(tmp_path / "disk", "200k") as disk:
         with pytest.raises(UserError, match=r"the feature cache needs about .* GB .* set "
                                             r"build_upstream.cache_features=false"):
-            run(run_kws, tmp_path / "run", disk, True,
+            run(run_kws, tmp_path / "run", disk, tiny_checkpoint, True,
                 build_dataset={"cache_waveforms": False})
         assert entries(disk) == []
 
