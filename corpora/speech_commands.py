@@ -155,7 +155,8 @@ def _corpus_root(dataset_root, classes: str) -> Path:
 def _wav_names(folder: Path) -> list[str]:
     """Sorted ``*.wav`` file names directly inside ``folder`` (one directory read)."""
     with os.scandir(folder) as entries:
-        return sorted(e.name for e in entries if e.name.endswith(".wav") and e.is_file())
+        # not is_file(): a FIFO or a dangling symlink must reach the screening, which lists it
+        return sorted(e.name for e in entries if e.name.endswith(".wav") and not e.is_dir())
 
 
 def _word_folders(root: Path, classes: str) -> dict[str, list[str]]:
@@ -235,6 +236,8 @@ def _noise_cuts(path: Path, secs: float, fraction: float) -> tuple[list[Row], li
     """
     stem = path.stem
     try:
+        if not path.is_file():  # a FIFO would block soundfile.info; screening says what it is
+            raise OSError(f"{path} is not a regular file")
         info = soundfile.info(str(path))
     except (soundfile.SoundFileError, RuntimeError, OSError):
         return [Row(f"{SILENCE}/{stem}/0000", str(path), 0.0, None, SILENCE, "", None)], []

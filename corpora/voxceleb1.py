@@ -217,7 +217,7 @@ def _scan_wav(wav: Path) -> dict[str, str]:
             folder = wav / spk / video
             with os.scandir(folder) as entries:
                 names = sorted(e.name for e in entries
-                               if e.name.endswith(".wav") and e.is_file())
+                               if e.name.endswith(".wav") and not e.is_dir())
             for name in names:
                 found[f"{spk}/{video}/{name[:-len('.wav')]}"] = str(folder / name)
     return found

@@ -13,16 +13,20 @@ aggregation.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from framework.audio.dataset import SkippedItems
 from framework.checkpoint import load_checkpoint
 from framework.distributed import Distributed
 from framework.encoder import CategoryEncoder
 from framework.progress import progress
 from framework.stages import digest
+
+log = logging.getLogger(__name__)
 
 
 def checkpoint_meta(problem: str, cfg: dict, encoder: CategoryEncoder, upstream) -> dict:
@@ -80,11 +84,16 @@ class Evaluator:
             batches = interleave(self.dist.gather(batches))
             if not self.dist.is_main:
                 return self.dist.broadcast(None), None
+        skipped = SkippedItems(item for batch in batches for item in batch.pop("skipped", []))
         outputs: dict[str, list] = {}
         for batch in batches:
             for key, value in batch.items():
                 outputs.setdefault(key, []).append(value)
         metrics, table = task.summarize({k: concat(v) for k, v in outputs.items()})
+        metrics.update(skipped=len(skipped), skipped_items=skipped.as_records())
+        if skipped:
+            log.warning("%s: %d items left out, their audio could not be read (metrics: "
+                        "skipped_items)", self.desc, len(skipped))
         return self.dist.broadcast(metrics), table
 
     def batches(self, task, loader) -> list[dict]:
@@ -98,7 +107,8 @@ class Evaluator:
                                                leave=False, disable=not self.dist.is_main)):
             if index == total:
                 break
-            out.append(task.eval_step(to_device(batch, self.device)))
+            outputs = task.eval_step(to_device(batch, self.device)) if batch["id"] else {}
+            out.append({**outputs, "skipped": batch.get("skipped", [])})
         return out
 
 

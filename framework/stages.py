@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from framework.errors import ConfigError, UserError
+from framework.files import read_json
 
 STAGES = ("prepare_data", "build_encoder", "train", "evaluate", "report")
 SMALL_FILE = 16 * 2**20  # hash content below this size; size + mtime above (checkpoints, audio)
@@ -194,7 +195,7 @@ class StageBook:
 
     def read(self, stage: str) -> dict | None:
         path = self.path(stage)
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_json(path, f"stage {stage}'s record") if path.is_file() else None
 
     def previous_fingerprint(self, stage: str) -> str | None:
         previous = STAGES[STAGES.index(stage) - 1] if STAGES.index(stage) else None

@@ -113,7 +113,15 @@ class SpeakerVerification(Problem):
     # -- embeddings and scores ---------------------------------------------------------------
     def embed(self, cfg, task, utts_csv) -> np.ndarray | None:
         """Embeddings (N, E) of a manifest's utterances in row order (rank 0; None on others)."""
-        _, embeddings = self.evaluate_loader(task, self.build_loader(cfg, "test", utts_csv))
+        loader = self.build_loader(cfg, "test", utts_csv)
+        metrics, embeddings = self.evaluate_loader(task, loader)
+        if embeddings is None:
+            return None
+        # an utterance with an unreadable file has no (or not every) window: a NaN row
+        ids = loader.dataset.utterances.ids
+        embeddings = nan_rows_to(embeddings, len(ids))  # the task counts up to the last one
+        skipped = {item["id"] for item in metrics.get("skipped_items", [])}
+        embeddings[[row for row, utt in enumerate(ids) if utt in skipped]] = np.nan
         return embeddings
 
     def build_validation(self, cfg, task):
@@ -125,8 +133,10 @@ class SpeakerVerification(Problem):
             _, embeddings = self.evaluate_loader(task, loader)
             metrics = None
             if self.dist.is_main:
-                scores = score_trials(csvs["valid"], csvs["valid_utts"], embeddings)
+                scores, unscored = scored_trials(
+                    score_trials(csvs["valid"], csvs["valid_utts"], embeddings), "valid")
                 metrics = verification_metrics(scores["score"], scores["label"])
+                metrics["skipped_trials"] = unscored
             return self.dist.broadcast(metrics)
         return validate
 
@@ -143,7 +153,7 @@ class SpeakerVerification(Problem):
             log.info("%s: reusing the stored embeddings of %s", name, ckpt.name)
             return stored
         embeddings = self.embed(cfg, task, utts_csv)
-        if self.dist.is_main:
+        if self.dist.is_main and not np.isnan(embeddings).any():  # unreadable audio: retry later
             store.save(key, embeddings)
         return embeddings
 
@@ -176,9 +186,11 @@ class SpeakerVerification(Problem):
         embeddings = self.stored_embeddings(cfg, task, ckpt, split, csvs[f"{split}_utts"])
         if not self.dist.is_main:
             return {}
-        scores = score_trials(csvs[split], csvs[f"{split}_utts"], embeddings, cohort,
-                              self.cfg.evaluate.as_norm.top_k)
+        scores, unscored = scored_trials(score_trials(
+            csvs[split], csvs[f"{split}_utts"], embeddings, cohort,
+            self.cfg.evaluate.as_norm.top_k), split)
         metrics = verification_metrics(scores["score"], scores["label"])
+        metrics["skipped_trials"] = unscored
         # the `score` command compares plain cosines: keep their threshold even under AS-norm
         _, metrics["cosine_eer_threshold"] = eer(scores.get("cosine", scores["score"]),
                                                  scores["label"])
@@ -207,6 +219,8 @@ class SpeakerVerification(Problem):
         if not self.dist.is_main:
             return None
         speakers = read_manifest(utts_csv)["spk"].to_numpy()
+        embedded = ~np.isnan(embeddings).any(axis=1)  # unreadable audio: no embedding
+        speakers, embeddings = speakers[embedded], embeddings[embedded]
         return np.stack([embeddings[speakers == s].mean(0) for s in np.unique(speakers)])
 
     # -- the `score` command -----------------------------------------------------------------
@@ -262,6 +276,22 @@ def check_readable(manifest: Path, excluded_csv: Path) -> None:
     if screen_manifest(manifest, excluded_csv, num_workers=1).excluded:
         bad = pd.read_csv(excluded_csv).iloc[0]
         raise AudioError(bad["wav_path"], bad["reason"])
+
+
+def nan_rows_to(embeddings: np.ndarray, count: int) -> np.ndarray:
+    """``embeddings`` (M, E) with NaN rows appended up to ``count`` rows."""
+    pad = np.full((count - len(embeddings), embeddings.shape[1]), np.nan, embeddings.dtype)
+    return np.concatenate([embeddings, pad])
+
+
+def scored_trials(scores: pd.DataFrame, split: str) -> tuple[pd.DataFrame, int]:
+    """The trials both of whose utterances were embedded, and how many others there were
+    (an utterance whose audio became unreadable after stage 0 has a NaN embedding)."""
+    unscored = scores["score"].isna()
+    if unscored.any():
+        log.warning("%s: %d of %d trials not scored: they name audio that could not be read "
+                    "(warned above)", split, int(unscored.sum()), len(scores))
+    return scores[~unscored].reset_index(drop=True), int(unscored.sum())
 
 
 def write_trial_utterances(trials_csv, out_csv) -> Path:

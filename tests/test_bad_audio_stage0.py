@@ -6,7 +6,6 @@ import shutil
 
 import numpy as np
 import pandas as pd
-import pytest
 import soundfile as sf
 
 from tests.test_audio_io import fifo_watchdog
@@ -44,9 +43,6 @@ def test_bad_files_are_listed_and_left_out_and_training_still_runs(tmp_path, cor
     assert records["train"] is not None
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "issue 8 §6: corpora/speech_commands.py keeps only regular files (DirEntry.is_file), so "
-    "a FIFO or a dangling symlink never reaches the screening; it needs `not e.is_dir()`"))
 def test_fifo_and_dangling_symlink_are_excluded_with_a_reason(tmp_path, corpus, run_kws):
     root = tmp_path / "sc"
     shutil.copytree(corpus["v0.01"], root)

@@ -64,3 +64,16 @@ def test_a_full_disk_is_one_line_naming_the_free_space(tmp_path, corpus):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: disk full") and "GiB free" in last
     assert "run the same command to resume" in last
+
+
+def test_a_waveform_cache_the_disk_cannot_hold_is_refused_before_it_starts(tmp_path, corpus):
+    roots = corpus_overrides(corpus)["prepare_data"]
+    with small_disk(tmp_path / "small_cache", "100k") as disk:
+        done = run_cli("run", "kws", f"target_dir={tmp_path / 'run'}", f"cache_dir={disk}",
+                       f"prepare_data.dataset_root={roots['dataset_root']}",
+                       f"prepare_data.test_root={roots['test_root']}", "stop=train")
+        assert list(disk.iterdir()) in ([], [disk / "waveforms"])
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the waveform cache needs about") and \
+        "build_dataset.cache_waveforms=false" in last

@@ -26,12 +26,6 @@ from framework.audio.segments import WindowDataset, collate_windows, pool_window
 from recipes.kws import KWS
 from tests.conftest import FAST, corpus_overrides, merge
 
-# Listing and counting what was skipped is written by Problem/Trainer (problem.py and
-# trainer.py), whose hooks are not wired yet. Delete this marker once they are: strict, so
-# these tests fail as XPASS the moment the hooks land.
-NEEDS_HOOK = pytest.mark.xfail(strict=True, reason="issue 8 §4(b): Problem/Trainer hooks that "
-                                                   "list and count skipped items")
-
 NEW_CLIP = "yes/feedbeef_nohash_0"
 
 
@@ -167,7 +161,6 @@ def test_training_goes_on_past_files_damaged_after_stage_0(damaged_training):
     assert log.count("skipping ") == 2  # one warning per file, not one per read
 
 
-@NEEDS_HOOK
 def test_skipped_training_items_are_listed(damaged_training):
     target, _, paths, log = damaged_training
     listed = pd.read_csv(target / "train" / "skipped_items.csv")
@@ -198,7 +191,6 @@ def test_evaluation_goes_on_past_a_test_file_damaged_after_stage_0(damaged_evalu
     assert len(predictions) == len(test_ids) - 1
 
 
-@NEEDS_HOOK
 def test_a_skipped_test_item_is_counted_and_listed_in_the_metrics(damaged_evaluation):
     target, _, bad, _ = damaged_evaluation
     metrics = json.loads((target / "evaluate" / "valid_best" / "test" / "metrics.json")
@@ -207,7 +199,6 @@ def test_a_skipped_test_item_is_counted_and_listed_in_the_metrics(damaged_evalua
     assert [item["wav_path"] for item in metrics["skipped_items"]] == [bad]
 
 
-@NEEDS_HOOK
 def test_a_batch_of_unreadable_items_only_is_a_skipped_step(tmp_path, corpus):
     target, settings = prepared_copy(tmp_path, corpus, build_dataset={"cache_waveforms": False},
                                      build_batch_sampler={"train": {"name": "fixed",
@@ -284,7 +275,6 @@ def test_an_unreadable_utterance_yields_no_window_and_a_nan_embedding(corpus):
     assert np.isnan(pooled[1]).all() and (pooled[[0, 2]] == 1).all()
 
 
-@NEEDS_HOOK
 def test_asv_evaluation_goes_on_past_a_test_utterance_damaged_after_stage_0(tmp_path):
     from corpora.synthesize import synthesize_voxceleb1
     from tests.test_asv import run_asv

@@ -142,7 +142,8 @@ def test_damaged_files_are_named_in_one_line(finished, corpus, tmp_path):
     import shutil
 
     for damaged, named in (("encoder.json", "label encoder"),
-                           ("train/checkpoints/index.json", "list of finished checkpoints")):
+                           ("train/checkpoints/index.json", "list of finished checkpoints"),
+                           ("stages/2-train.json", "stage train's record")):
         target = shutil.copytree(finished, tmp_path / damaged.replace("/", "_"))
         (target / damaged).write_text('{"classes": [')
         with pytest.raises(UserError) as caught:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from framework.audio.io import audio_format, read_audio
-from framework.errors import AudioError
+from framework.errors import AudioError, UserError
 from framework.progress import progress
 
 INT16_SUBTYPES = {"PCM_16"}
@@ -93,6 +93,7 @@ class WaveformCache:
 def build(rows, sample_rate: int, folder: Path) -> None:
     lossless = all(_is_int16_at(path, sample_rate) for path, _, _ in rows)
     dtype = np.int16 if lossless else np.float32
+    check_free_space(rows, folder, np.dtype(dtype).itemsize)
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     index = np.zeros((len(rows), 2), dtype=np.int64)
@@ -116,6 +117,20 @@ def build(rows, sample_rate: int, folder: Path) -> None:
         os.replace(tmp, folder)
     except OSError:  # another process finished the same cache first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_free_space(rows, folder: Path, itemsize: int) -> None:
+    """Refuse to start a cache the disk cannot hold. Estimate: the audio files' sizes (about
+    2 bytes a sample for PCM16 WAV), doubled for a float32 cache."""
+    need = sum(os.path.getsize(p) for p in {path for path, _, _ in rows}
+               if os.path.isfile(p)) * itemsize // 2
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder.parent).free
+    if need > 0.95 * free:
+        raise UserError(f"the waveform cache needs about {need / 1e9:.2f} GB in "
+                        f"{folder.parent} and only {free / 1e9:.2f} GB are free; free some "
+                        "space, point cache_dir at a larger disk, or set "
+                        "build_dataset.cache_waveforms=false")
 
 
 def _is_int16_at(path: str, sample_rate: int) -> bool:
