@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from framework import config as cfglib
+from framework import schedules
 from framework import distributed, feature_cache, inference, interrupts, workspace
 from framework.audio.dataset import AudioDataset, collate_padded, read_manifest
 from framework.audio.io import screen_manifest
@@ -126,21 +127,32 @@ class Problem:
                               "rate: audio is resampled to it when read)")
 
     def check_builders(self, cfg: DictConfig) -> None:
-        """Fail before stage 0 on a wrong name or argument for any named building block."""
+        """Fail before stage 0 on a wrong name or argument for any named building block, a
+        schedule value out of range, an unknown or unusable ``train.precision``, or a CNN
+        to freeze that the upstream does not have."""
         downstream_given = dict.fromkeys(("input_size", "output_size", "input_stride"))
         for section, registry, given in (("build_upstream", UPSTREAMS, None),
                                          ("build_downstream", DOWNSTREAMS, downstream_given)):
             conf = cfg[section]
             check_kwargs(registry.get(conf.name, f"{section}.name"), conf.conf,
                          f"{section}.conf", given)
-        for section, module in (("build_optimizer", torch.optim),
-                                ("build_scheduler", torch.optim.lr_scheduler)):
-            conf = cfg[section]
-            cls = getattr(module, conf.name, None)
-            if not inspect.isclass(cls):
-                raise ConfigError(f"{section}.name: '{conf.name}' is not a class in "
-                                  f"{module.__name__}")
-            check_kwargs(cls, conf.conf, f"{section}.conf")
+        optimizer = getattr(torch.optim, cfg.build_optimizer.name, None)
+        if not inspect.isclass(optimizer):
+            raise ConfigError(f"build_optimizer.name: '{cfg.build_optimizer.name}' is not a "
+                              f"class in torch.optim")
+        check_kwargs(optimizer, cfg.build_optimizer.conf, "build_optimizer.conf")
+        schedules.check(cfg.build_scheduler.name, cfglib.to_plain(cfg.build_scheduler.conf),
+                        cfg.train.total_steps)
+        device = cfg.device if cfg.device != "auto" else \
+            "cuda" if torch.cuda.is_available() else "cpu"
+        TrainConfig.check_precision(cfg.train.get("precision", "fp32"), device.split(":")[0])
+        freezable = [n for n in UPSTREAMS.names()
+                     if hasattr(UPSTREAMS.get(n), "freeze_feature_encoder")]
+        if cfg.build_model.get("freeze_feature_encoder") and cfg.build_upstream.name \
+                not in freezable:
+            raise ConfigError(f"build_model.freeze_feature_encoder=true: upstream "
+                              f"'{cfg.build_upstream.name}' has no CNN feature encoder to "
+                              f"freeze (these have: {', '.join(freezable)})")
 
     # -- run ------------------------------------------------------------------------------------
     #: stages run by rank 0 alone while the other processes wait (train and evaluate shard)
@@ -384,12 +396,28 @@ class Problem:
         return UpstreamDownstreamModel(upstream, featurizer, downstream, **build_model)
 
     def build_optimizer(self, build_optimizer: dict, parameters):
-        return getattr(torch.optim, build_optimizer["name"])(parameters,
+        """The torch.optim class ``name`` with ``conf`` over ``parameters``: named groups of
+        trainable parameters (``{"others": [...], "upstream": [...]}``, see
+        :func:`parameter_groups`), each a param group of that ``name`` (empty ones left
+        out), or a plain list (one group). The ``upstream`` group's learning rate is
+        ``upstream_lr`` (null: ``conf.lr``); the others' is ``conf.lr``."""
+        groups = parameters.items() if isinstance(parameters, dict) else [("all", parameters)]
+        upstream_lr, param_groups = build_optimizer.get("upstream_lr"), []
+        for name, params in groups:
+            own = {"lr": upstream_lr} if name == "upstream" and upstream_lr is not None else {}
+            if params := list(params):
+                param_groups.append({"name": name, "params": params, **own})
+        if upstream_lr is not None and not any(g["name"] == "upstream" for g in param_groups):
+            log.warning("build_optimizer.upstream_lr=%g is unused: no upstream parameter "
+                        "trains (build_model.upstream_trainable=false?)", upstream_lr)
+        return getattr(torch.optim, build_optimizer["name"])(param_groups,
                                                              **build_optimizer.get("conf", {}))
 
     def build_scheduler(self, build_scheduler: dict, optimizer):
-        cls = getattr(torch.optim.lr_scheduler, build_scheduler["name"])
-        return cls(optimizer, **build_scheduler.get("conf", {}))
+        """A schedule of :mod:`framework.schedules` (``warmup``, given this run's
+        ``train.total_steps``) or a torch.optim.lr_scheduler class, with ``conf``."""
+        return schedules.build(build_scheduler["name"], build_scheduler.get("conf", {}),
+                               optimizer, self.cfg.train.total_steps)
 
     # -- data pieces ------------------------------------------------------------------------------
     def build_dataset(self, build_dataset: dict, target_dir: Path, cache_dir: Path, mode: str,
@@ -467,7 +495,7 @@ class Problem:
                           "preparing train/")
         seed_everything(cfg.train.seed)
         task = self.build_model_and_task(cfg)
-        params = [p for p in task.parameters() if p.requires_grad]
+        params = parameter_groups(task)
         optimizer = self.build_optimizer(cfglib.to_plain(cfg.build_optimizer), params)
         scheduler = self.build_scheduler(cfglib.to_plain(cfg.build_scheduler), optimizer)
         csvs = self.manifests()
@@ -651,6 +679,16 @@ def unique_path(path: Path) -> Path:
         n += 1
         candidate = path.with_name(f"{path.name}-{n}")
     return candidate
+
+
+def parameter_groups(task) -> dict[str, list]:
+    """``task``'s trainable parameters in their order, as ``{"others": [...], "upstream":
+    [...]}``: the upstream's own (empty when it is frozen) and everything else (featurizer,
+    downstream, the task's loss)."""
+    upstream = {id(p) for p in task.model.upstream.parameters()}
+    trainable = [p for p in task.parameters() if p.requires_grad]
+    return {"others": [p for p in trainable if id(p) not in upstream],
+            "upstream": [p for p in trainable if id(p) in upstream]}
 
 
 def checkpoint_step(path: Path) -> int:

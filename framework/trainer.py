@@ -64,11 +64,11 @@ class TrainConfig:
         slow and partial, and loss scaling is a GPU remedy: bf16 is the CPU choice)."""
         if precision not in TrainConfig.DTYPES:
             raise ConfigError(f"train.precision={precision}: must be one of "
-                            f"{', '.join(TrainConfig.DTYPES)}")
+                              f"{', '.join(TrainConfig.DTYPES)}")
         if precision == "fp16" and device_type != "cuda":
-            raise ConfigError(f"train.precision=fp16 needs a CUDA device (device={device_type}): "
-                            f"float16 autocast with loss scaling is for GPUs; on CPU use "
-                            f"train.precision=bf16 (or fp32)")
+            raise ConfigError(f"train.precision=fp16 needs a CUDA device (device="
+                              f"{device_type}): float16 autocast with loss scaling is for "
+                              f"GPUs; on CPU use train.precision=bf16 (or fp32)")
 
 
 @dataclass

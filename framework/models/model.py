@@ -19,11 +19,18 @@ class UpstreamDownstreamModel(nn.Module):
     """
 
     def __init__(self, upstream: nn.Module, featurizer: nn.Module, downstream: nn.Module,
-                 upstream_trainable: bool = False):
+                 upstream_trainable: bool = False, freeze_feature_encoder: bool = False):
+        """``freeze_feature_encoder`` (with ``upstream_trainable``): keep the upstream's CNN
+        feature encoder frozen (its ``freeze_feature_encoder()``) while the rest fine-tunes."""
         super().__init__()
         self.upstream, self.featurizer, self.downstream = upstream, featurizer, downstream
         self.upstream_trainable = upstream_trainable
         self.upstream.requires_grad_(upstream_trainable)
+        if upstream_trainable and freeze_feature_encoder:
+            if not hasattr(upstream, "freeze_feature_encoder"):
+                raise ValueError(f"build_model.freeze_feature_encoder: {type(upstream).__name__}"
+                                 " has no CNN feature encoder to freeze")
+            upstream.freeze_feature_encoder()
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -168,6 +168,11 @@ class HFUpstream(Upstream):
         exactly (see the module docstring); else one call per distinct length."""
         return self.layer_norm_cnn(self.model.config)
 
+    def freeze_feature_encoder(self) -> None:
+        """Freeze the CNN feature encoder (``model.feature_extractor``) for fine-tuning: its
+        parameters get no gradient and stay as loaded; the projection and transformer train."""
+        self.model.feature_extractor._freeze_parameters()  # what freeze_feature_encoder() does
+
     # -- forward ----------------------------------------------------------------------------
 
     def frame_lens(self, wav_lens: torch.Tensor) -> torch.Tensor:
