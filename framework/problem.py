@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from framework import config as cfglib
 from framework import schedules
 from framework import distributed, feature_cache, inference, interrupts, workspace
-from framework.audio.dataset import AudioDataset, collate_padded, read_manifest
+from framework.audio.dataset import AudioDataset, SkippedItems, collate_padded, read_manifest
 from framework.audio.io import screen_manifest
 from framework.audio.samplers import BATCH_SAMPLERS
 from framework.checkpoint import CheckpointDir
@@ -459,8 +459,12 @@ class Problem:
                                            self.target_dir, self.cache_dir, mode, data_csv,
                                            dataset)
         workers = self.cfg.num_workers
+        # its own generator: each iterator draws a base seed, and from the global RNG that
+        # draw would shift dropout masks after a resume mid-epoch (not bitwise any more)
+        generator = torch.Generator().manual_seed(self.cfg.train.seed + self.dist.rank)
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                          num_workers=workers, prefetch_factor=4 if workers else None)
+                          num_workers=workers, prefetch_factor=4 if workers else None,
+                          generator=generator)
 
     def cached_features(self, model, audio):
         """(dataset of cached hidden states, its collate) over ``audio``; missing entries are
@@ -505,12 +509,21 @@ class Problem:
                                ckpts, self.device, self.checkpoint_meta(cfg, task),
                                make_writer(train_dir) if self.dist.is_main else None, self.dist)
         progress = self.trainer.fit()
+        self.write_skipped(self.trainer.skipped, train_dir / "skipped_items.csv", "training")
         self.trainer = None
         if self.dist.is_main:
             (train_dir / "history.json").write_text(json.dumps(progress.histories(), indent=1))
         return StageResult(outputs={"config": str(train_dir / "config.yaml"),
                                     "checkpoints": str(ckpts.folder),
                                     "valid_best": str(ckpts.best_path)})
+
+    def write_skipped(self, skipped: SkippedItems, csv_path: Path, what: str) -> None:
+        """Every rank's skipped items, merged into ``csv_path`` by rank 0 (all ranks call)."""
+        merged = SkippedItems(item for items in self.dist.gather(skipped.items) for item in items)
+        if self.dist.is_main and merged:
+            merged.write_csv(csv_path)
+            log.warning("%d %s items skipped (unreadable audio); listed in %s", len(merged),
+                        what, csv_path)
 
     def build_validation(self, cfg, task):
         """A function of no arguments returning the validation metrics (called by the

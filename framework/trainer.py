@@ -25,6 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from framework import interrupts
+from framework.audio.dataset import SkippedItems
 from framework.checkpoint import FORMAT, CheckpointDir, load_checkpoint
 from framework.distributed import Distributed
 from framework.errors import ConfigError, UserError
@@ -119,6 +120,7 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.forward = DistributedDataParallel(task, device_ids=ids)
         self.saved_step = 0
+        self.skipped = SkippedItems()  # items the batches left out: unreadable audio
         self.stop_signal = 0  # a SIGTERM noted during this step (any rank): stop after it
 
     # -- the loop ---------------------------------------------------------------------------
@@ -156,6 +158,7 @@ class Trainer:
             self.loader.dataset.set_epoch(self.progress.epoch)
         group, yielded = [], False
         for batch in self.loader:
+            self.skipped.note(batch)
             group.append(batch)
             if len(group) == self.conf.gradient_accumulate:
                 self.progress.batch_in_epoch += len(group)
@@ -203,6 +206,7 @@ class Trainer:
     def accumulate(self, batches: list[dict]) -> float:
         """Forward (under autocast for ``precision`` bf16/fp16) and backward every
         micro-batch; the all-reduce runs on the last only."""
+        self.check_items(batches)
         total, dtype = 0.0, TrainConfig.DTYPES[self.conf.precision]
         for index, batch in enumerate(batches):
             last = index == len(batches) - 1
@@ -223,6 +227,17 @@ class Trainer:
             total = shared[0].item() / self.dist.world_size
             self.stop_signal = signal.SIGTERM if shared[1].item() else 0
         return total
+
+    def check_items(self, batches: list[dict]) -> None:
+        """Skip the update when a micro-batch lost every item to unreadable audio (on any
+        rank: every process must take the same decision)."""
+        empty = torch.tensor([float(any(len(b["id"]) == 0 for b in batches))],
+                             device=self.device)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(empty, op=torch.distributed.ReduceOp.MAX)
+        if empty.item():
+            raise SkipStep("a micro-batch held no readable item (the warnings above name the "
+                           "files; train/skipped_items.csv lists them)")
 
     def nonfinite(self, batches: list[dict], loss: float, grad_norm: float) -> None:
         progress, limit = self.progress, self.conf.max_nonfinite_steps

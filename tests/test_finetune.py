@@ -23,14 +23,13 @@ from framework.trainer import Trainer, TrainConfig, seed_everything
 from recipes.kws import KWS
 from tests.conftest import FAST, corpus_overrides, merge
 
-# a tiny random-init wav2vec2: 2 transformer layers of 32, a 3-layer CNN, 320x downsampling.
-# layerdrop 0: transformers 5 records no hidden state for a dropped layer, so with the
-# default 0.1 a training forward returns fewer layers than the featurizer weighs
+# a tiny random-init wav2vec2: 2 transformer layers of 32, a 3-layer CNN, 320x downsampling
+# (LayerDrop is off by default: a fine-tuned forward returns every layer)
 TINY_SSL = {"name": "wav2vec2", "conf": {"random_init": True, "config": {
     "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
     "intermediate_size": 64, "conv_dim": [32, 32, 32], "conv_kernel": [10, 8, 4],
     "conv_stride": [5, 8, 8], "num_conv_pos_embeddings": 16,
-    "num_conv_pos_embedding_groups": 4, "layerdrop": 0.0}}}
+    "num_conv_pos_embedding_groups": 4}}}
 LR, UPSTREAM_LR, TOTAL, WARMUP = 3e-3, 1e-3, 20, 5  # FAST's lr; warmup_ratio 0.25 of 20
 SETTINGS = {
     "build_upstream": TINY_SSL, "build_downstream": {"conf": {"hidden_size": 32}},
@@ -151,14 +150,8 @@ def test_the_frozen_feature_encoder_gets_no_gradient():
     assert layers and all(p.requires_grad and p.grad is not None for p in layers)
 
 
-# bf16 on CPU is deterministic: this passes once the loader stops drawing from the global
-# torch RNG (checked with iter(DataLoader) under torch.random.fork_rng, in fp32 and bf16).
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "not bf16: each iter(DataLoader) (Trainer.step_groups) draws its _base_seed from the "
-    "global torch RNG, so a run resumed mid-epoch is one draw off the unbroken run and the "
-    "upstream's dropout/SpecAugment masks differ from step 11 on; fbank+mean_linear (the "
-    "resume test) uses no torch randomness, which is why that test passes. Fix: a "
-    "DataLoader generator of its own (Problem.build_loader) or fork_rng around iter()"))
+# bf16 on CPU is deterministic; the loader has a generator of its own, so creating an
+# iterator after a resume does not shift the upstream's dropout/SpecAugment masks
 def test_bf16_training_killed_mid_step_resumes_to_the_same_parameters(finetuned, corpus,
                                                                        tmp_path, run_kws):
     import yaml

@@ -91,7 +91,9 @@ class HFUpstream(Upstream):
             raise ConfigError(f"{KEY}: {self.name} needs either checkpoint=PATH (a Hugging Face "
                               f"model folder or a model id in the local cache) or "
                               f"random_init=true, not {'both' if checkpoint else 'neither'}")
-        overrides = self.check_overrides(config or {})
+        # LayerDrop off unless asked (s3prl does the same): transformers returns no hidden
+        # state for a skipped layer, which the featurizer's layer weights cannot take
+        overrides = {"layerdrop": 0.0, **self.check_overrides(config or {})}
         if random_init:
             self.source = None
             # its own seed: a frozen random upstream is not checkpointed, so evaluation and
