@@ -123,12 +123,22 @@ def config_summary(cfg: dict, task, loss: dict) -> dict:
         "lr": (optimizer.get("conf") or {}).get("lr"),
         "scheduler": {"name": cfg["build_scheduler"]["name"],
                       "conf": cfg["build_scheduler"].get("conf") or {},
-                      "stepped": bool(train.get("use_scheduler", False))},
+                      "stepped": bool(train.get("use_scheduler", False))
+                      or steps_every_update(cfg["build_scheduler"]["name"])},
         "batch_size": batch, "gradient_accumulate": train["gradient_accumulate"],
         "world_size": world, "effective_batch_size": batch * train["gradient_accumulate"] * world,
         "total_steps": train["total_steps"], "valid_metric": train.get("valid_metric"),
         "valid_higher_better": train.get("valid_higher_better"),
         "parameters": parameter_counts(task)}
+
+
+def steps_every_update(name: str) -> bool:
+    """Whether the named schedule steps after every update whatever train.use_scheduler says
+    (the framework's own schedules, e.g. ``warmup``)."""
+    from framework.schedules import SCHEDULES
+
+    return name in SCHEDULES.names() and getattr(SCHEDULES.get(name), "steps_every_update",
+                                                 False)
 
 
 def parameter_counts(task) -> dict:
