@@ -1,7 +1,9 @@
-"""Reading the framework's JSON files: a damaged one is a one-line error naming it."""
+"""Files the framework reads and disk it needs: a damaged JSON file or a disk too small for
+a cache is a one-line error naming the file or folder and what to do."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from framework.errors import UserError
@@ -14,3 +16,14 @@ def read_json(path: str | Path, what: str):
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path} ({what}) is damaged ({err}); delete it and rerun the stage "
                         "that writes it (force=true), or restore it from a backup") from err
+
+
+def require_free_space(folder: Path, need: int, what: str, remedy: str) -> None:
+    """Fail before writing ``need`` bytes of ``what`` into ``folder`` (made if missing) when
+    the disk has less than that free (with a 5% margin); ``remedy`` says what to change."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if need > 0.95 * free:
+        raise UserError(f"the {what} needs about {need / 1e9:.2f} GB in {folder} and only "
+                        f"{free / 1e9:.2f} GB are free; free some space, point cache_dir at a "
+                        f"larger disk, {remedy}")

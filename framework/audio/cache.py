@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from framework.audio.io import audio_format, read_audio
-from framework.errors import AudioError, UserError
+from framework.errors import AudioError
+from framework.files import require_free_space
 from framework.progress import progress
 
 INT16_SUBTYPES = {"PCM_16"}
@@ -124,13 +125,8 @@ def check_free_space(rows, folder: Path, itemsize: int) -> None:
     2 bytes a sample for PCM16 WAV), doubled for a float32 cache."""
     need = sum(os.path.getsize(p) for p in {path for path, _, _ in rows}
                if os.path.isfile(p)) * itemsize // 2
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder.parent).free
-    if need > 0.95 * free:
-        raise UserError(f"the waveform cache needs about {need / 1e9:.2f} GB in "
-                        f"{folder.parent} and only {free / 1e9:.2f} GB are free; free some "
-                        "space, point cache_dir at a larger disk, or set "
-                        "build_dataset.cache_waveforms=false")
+    require_free_space(folder.parent, need, "waveform cache",
+                       "or set build_dataset.cache_waveforms=false")
 
 
 def _is_int16_at(path: str, sample_rate: int) -> bool:
