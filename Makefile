@@ -32,6 +32,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/kws_train_throughput.py
+	$(PY) bench/feature_cache_speed.py
 	$(PY) bench/asv_scoring.py
 	$(PY) bench/asv_embedding_memory.py
 

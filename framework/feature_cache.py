@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,8 @@ import torch
 from torch.utils.data import Dataset
 
 from framework.audio.dataset import AudioDataset, Skipped
-from framework.errors import AudioError, UserError
+from framework.errors import AudioError
+from framework.files import require_free_space
 from framework.progress import progress
 from framework.stages import digest
 
@@ -80,10 +80,12 @@ class FeatureStore:
 
 
 class CachedFeatureDataset(Dataset):
-    """Items ``{"id", "hidden" (layers, T', D) float32, "label"}`` read from a
-    :class:`FeatureStore`, cropped to ``max_secs`` in frame space (random in ``"random"`` mode,
-    seeded like :class:`AudioDataset`'s crops; the centre otherwise). ``audio`` supplies ids,
-    labels, lengths and the skip bookkeeping; its waveforms are not read."""
+    """Items ``{"id", "hidden" (layers, T', D) float16, "label"}`` from a :class:`FeatureStore`,
+    cropped to ``max_secs`` in frame space (random in ``"random"`` mode, seeded like
+    :class:`AudioDataset`'s crops; the centre otherwise). ``hidden`` is a view of the
+    memory-mapped entry: :func:`collate_features` reads it, once, straight into the float32
+    batch. ``audio`` supplies ids, labels, lengths and the skip bookkeeping; its waveforms are
+    not read."""
 
     def __init__(self, audio: AudioDataset, store: FeatureStore, entries: list[Path],
                  frames_per_sec: float, max_secs: float | None = None, crop: str = "center"):
@@ -106,9 +108,7 @@ class CachedFeatureDataset(Dataset):
             return self.audio.skip(index, "no cached features (its audio failed to decode)")
         hidden = self.store.read(self.entries[index])
         offset, frames = self.window(index, hidden.shape[1])
-        item = {"id": self.audio.ids[index],
-                "hidden": torch.from_numpy(np.array(hidden[:, offset:offset + frames],
-                                                    dtype=np.float32))}
+        item = {"id": self.audio.ids[index], "hidden": hidden[:, offset:offset + frames]}
         if self.labels is not None:
             item["label"] = self.labels[index]
         return item
@@ -124,17 +124,31 @@ class CachedFeatureDataset(Dataset):
 
 
 def collate_features(items: list, layers: list[int]) -> dict:
-    """Pad cached items: ``hidden_states`` {layer: (B, T', D)}, ``hidden_lens`` (B,), ``id``,
-    ``label`` (B,) when known, ``skipped`` (the :class:`Skipped` markers left out)."""
+    """Pad cached items: ``hidden_states`` {layer: (B, T', D) float32}, ``hidden_lens`` (B,),
+    ``id``, ``label`` (B,) when known, ``skipped`` (the :class:`Skipped` markers left out).
+
+    Loading a batch is mostly memory traffic (~2 MB of float32 per item with 13 layers × 768),
+    comparable to the training step itself, so each item is read once, fp16 → float32, from
+    its memory map into the batch, and only the padding is zeroed. One tensor per layer
+    (~5 MB at batch 32) is reused from the heap; one 60 MB tensor is a fresh mapping whose
+    pages fault in at every batch. NumPy does the copies, on one thread: torch's copy of each
+    37k-element slice spreads over its intra-op threads, which on a busy machine made
+    loading several times slower (bench/kws_train_throughput.py --upstream ssl)."""
     skipped = [x for x in items if isinstance(x, Skipped)]
     items = [x for x in items if not isinstance(x, Skipped)]
     lens = torch.tensor([x["hidden"].shape[1] for x in items], dtype=torch.long)
     size = items[0]["hidden"].shape[2] if items else 0
-    padded = torch.zeros(len(layers), len(items), int(lens.max()) if items else 0, size)
-    for row, item in enumerate(items):
-        padded[:, row, : item["hidden"].shape[1]] = item["hidden"]
+    longest = int(lens.max()) if items else 0
+    hidden_states = {}
+    for i, layer in enumerate(layers):
+        hidden_states[layer] = torch.empty(len(items), longest, size)
+        out = hidden_states[layer].numpy()
+        for row, item in enumerate(items):
+            frames = item["hidden"].shape[1]
+            out[row, :frames] = item["hidden"][i]
+            out[row, frames:] = 0
     batch = {"id": [x["id"] for x in items], "hidden_lens": lens, "skipped": skipped,
-             "hidden_states": {layer: padded[i] for i, layer in enumerate(layers)}}
+             "hidden_states": hidden_states}
     if items and "label" in items[0]:
         batch["label"] = torch.tensor([x["label"] for x in items], dtype=torch.long)
     return batch
@@ -204,14 +218,9 @@ def check_free_space(store: FeatureStore, upstream, audio: AudioDataset,
     size = upstream.hidden_sizes[store.layers[0]]
     frames = sum((audio.num_frames(i) or 0) // upstream.downsample_rate + 1 for i in missing)
     need = frames * len(store.layers) * size * 2
-    store.folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(store.folder).free
-    if need > 0.95 * free:
-        raise UserError(f"the feature cache needs about {need / 1e9:.1f} GB in {store.folder} "
-                        f"and only {free / 1e9:.1f} GB are free; free some space, point "
-                        "cache_dir at a larger disk, select fewer layers "
-                        "(build_featurizer.layer_selections), or set "
-                        "build_upstream.cache_features=false")
+    require_free_space(store.folder, need, "feature cache", "select fewer layers "
+                       "(build_featurizer.layer_selections), or set "
+                       "build_upstream.cache_features=false")
     if missing:
         log.info("feature cache: extracting %d utterances (about %.1f MB)", len(missing),
                  need / 1e6)

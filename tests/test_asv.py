@@ -31,6 +31,9 @@ ASV_FAST = {
     "train": {"total_steps": 120, "eval_step": 60, "save_step": 60, "log_step": 20,
               "gradient_accumulate": 1},
     "build_optimizer": {"conf": {"lr": 3e-3}},
+    # AM-softmax margin 0.2, not the recipe's 0.4: on this tiny run 0.4 gave test EERs of
+    # 0.15-0.27 over train.seed 1..5 and 1337 (AVX-512, 2 threads), 0.2 gave 0.18-0.23
+    "build_task": {"loss_conf": {"margin": 0.2}},
 }
 
 
@@ -65,7 +68,13 @@ def results(target) -> list[dict]:
 
 def test_all_stages_reach_a_low_test_eer(finished):
     test = next(r for r in results(finished) if r["split"] == "veri_test2")
-    assert test["metrics"]["eer"] < 0.25  # chance is 0.5
+    # Measured (384 trials), 14 runs: train.seed 1..5 and 1337 on AVX-512 (2 threads), seeds
+    # 1337/2 with 1 thread, 1337/2/3 with torch, oneDNN, MKL and numpy capped at AVX2
+    # (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2) and
+    # 1337/4/5 at SSE (ATEN_CPU_CAPABILITY=default, 1 thread): 0.13-0.24, mean 0.20, sd 0.03;
+    # kernels or threads alone moved one seed's EER by up to 0.06. Untrained (lr 1e-20):
+    # 0.45-0.48, chance 0.5. 0.40: 0.16 (6 sd) above the worst run, still below untrained.
+    assert test["metrics"]["eer"] < 0.40
     assert test["metrics"]["n_trials"] == len(pd.read_csv(finished / "data/veri_test2.csv"))
     scores = pd.read_csv(finished / test["scores_csv"])
     assert list(scores.columns) == ["id1", "id2", "label", "score"]
@@ -80,7 +89,7 @@ def test_report_holds_setup_data_and_curves(finished):
 
     report = json.loads((finished / "report/report.json").read_text())
     config = report["config"]
-    assert config["loss"] == {"name": "amsoftmax", "conf": {"margin": 0.4, "scale": 30}}
+    assert config["loss"] == {"name": "amsoftmax", "conf": {"margin": 0.2, "scale": 30}}
     assert config["effective_batch_size"] == 16 and config["total_steps"] == 120
     state = torch.load(finished / "train/checkpoints/valid_best.pt", weights_only=True)
     buffers = ("running_mean", "running_var", "num_batches_tracked")
@@ -96,7 +105,7 @@ def test_report_holds_setup_data_and_curves(finished):
     assert splits["train"]["speakers"] == 12 and splits["valid"]["speakers"] == 4
     assert report["data"]["dropped_trials"]["veri_test2"]["dropped"] == 0
     md = (finished / "report/report.md").read_text()
-    assert "No trial was dropped" in md and "| Loss | `amsoftmax` `margin=0.4, scale=30` |" in md
+    assert "No trial was dropped" in md and "| Loss | `amsoftmax` `margin=0.2, scale=30` |" in md
     assert (finished / "report/training_curves.png").stat().st_size > 10_000
     [events] = (finished / "train/tensorboard").iterdir()
     board = EventAccumulator(str(events))
@@ -161,7 +170,10 @@ def test_as_norm_rescores_against_training_speakers(finished, vox_corpus, tmp_pa
     np.testing.assert_allclose(normed.cosine, plain.score, atol=1e-6)  # raw cosine kept
     assert (target / "evaluate/embeddings/valid_best/cohort/embeddings.npy").is_file()
     eer = next(r for r in results(target) if r["split"] == "veri_test2")["metrics"]["eer"]
-    assert eer < 0.3
+    plain_eer = next(r for r in results(finished) if r["split"] == "veri_test2")["metrics"]["eer"]
+    # Measured on the 14 runs of test_all_stages_...: AS-norm EER 0.12-0.25, minus the plain
+    # EER -0.05 to +0.01; 0.15 is 2.5x that spread. Scores AS-norm broke (random: ~0.5) fail.
+    assert eer < plain_eer + 0.15, (eer, plain_eer)
 
 
 def test_score_command_matches_the_evaluation(finished):
@@ -267,7 +279,7 @@ def test_a_wrong_loss_argument_fails_before_stage_0(tmp_path, vox_corpus):
 
 
 def test_a_whole_mapping_on_the_command_line_replaces_the_default(tmp_path, vox_corpus):
-    settings = {k: v for k, v in ASV_FAST.items() if k != "build_downstream"}
+    settings = {k: v for k, v in ASV_FAST.items() if k not in ("build_downstream", "build_task")}
     settings["train"] = {**ASV_FAST["train"], "total_steps": 2, "eval_step": 2, "save_step": 2}
     ASV().run(target_dir=str(tmp_path), stop="train", dotlist=[
         "build_task.loss_type=softmax", "build_task.loss_conf={}",

@@ -31,7 +31,11 @@ def test_all_stages_produce_report_far_above_chance(full_run):
     assert all(records[name] for name in STAGES)
     report = json.loads((target / "report" / "report.json").read_text())
     assert report["headline"]["checkpoint"] == "valid_best"
-    assert report["headline"]["metrics"]["accuracy"] > 0.5  # chance is 1/12
+    # Measured (24 test items): train.seed 1337 (the default) and 1..5 give 0.92-1.00, the same
+    # figure for a seed whichever kernels run (AVX-512; ATEN_CPU_CAPABILITY=avx2 or default
+    # with oneDNN/MKL capped alike; 1 or 2 threads); untrained (lr 1e-20): 0.083, chance 1/12.
+    # 0.5 is 0.42 below the lowest, 5x the 0.08 spread, and far above chance.
+    assert report["headline"]["metrics"]["accuracy"] > 0.5
     assert (target / "report" / "confusion_matrix.png").stat().st_size > 10_000
     predictions = pd.read_csv(target / "evaluate" / "valid_best" / "test" / "predictions.csv")
     assert {"id", "label", "predicted", "score_yes", "score__silence_"} <= set(predictions)
@@ -157,7 +161,7 @@ def test_evaluate_uses_the_trained_config_not_todays(full_run, run_kws, caplog):
             build_downstream={"conf": {"hidden_size": 8}})
     assert "build_downstream differs from the trained model's" in caplog.text
     metrics = json.loads((target / "evaluate/valid_best/test/metrics.json").read_text())
-    assert metrics["accuracy"] > 0.5
+    assert metrics["accuracy"] > 0.5  # the trained model's figure (see the first test)
 
 
 def test_test_ckpt_steps_evaluates_each_chosen_checkpoint(full_run, run_kws):

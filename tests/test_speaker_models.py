@@ -222,5 +222,8 @@ def test_head_and_loss_overfit_a_tiny_speaker_problem(name, loss_name):
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+    # Measured: final/initial loss <= 0.001 for softmax, < 0.0001 for the margin losses, every
+    # prediction right, over torch and data seeds 0..9, with ATEN_CPU_CAPABILITY unset (AVX-512),
+    # avx2 or default (ECAPA not run with default). 0.05 is 50x the largest ratio seen.
     assert losses[-1] < 0.05 * losses[0], losses[::10]
     assert (logits.argmax(1) == labels).all()

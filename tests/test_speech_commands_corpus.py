@@ -261,4 +261,7 @@ def test_a_linear_model_on_mean_log_mel_learns_the_12_classes(superb):
     mean, std = train.mean(0), train.std(0)
     model = LogisticRegression(max_iter=1000).fit((train - mean) / std, superb["train"].label)
     accuracy = model.score((valid - mean) / std, superb["valid"].label)
+    # Measured: synthesizer seed 1 (this corpus) 1.00 on AVX-512 and with torch/oneDNN/MKL/
+    # numpy kernels capped at AVX2 or below; synthesizer seeds 1..5: 0.98-1.00 (64 items).
+    # Chance is 1/12: 0.8 keeps a margin of 10x that spread.
     assert accuracy > 0.8, accuracy

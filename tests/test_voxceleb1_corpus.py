@@ -371,4 +371,7 @@ def test_speakers_are_separable_across_videos(corpus):
         centroids = np.stack([features[known & (speaker == s)].mean(0) for s in speakers])
         distances = ((features[video == held, None] - centroids[None]) ** 2).sum(-1)
         hits += list(np.array(speakers)[distances.argmin(1)] == speaker[video == held])
+    # Measured: synthesizer seed 1 (this corpus) 0.97 (70 of 72) on AVX-512 and with torch/
+    # oneDNN/MKL/numpy kernels capped at AVX2 or below (no change); synthesizer seeds 1..5:
+    # 0.83-0.97. The kernels move this figure by less than one item; 0.8 is 12 items below.
     assert np.mean(hits) >= 0.8, np.mean(hits)
