@@ -11,7 +11,7 @@ setup: $(VENV)/.installed
 # torch is installed first and pinned: any looser request downloads a CUDA build.
 $(VENV)/.installed: setup.cfg scripts/fix_torchaudio_cpu.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 torchaudio==2.11.0
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps resemblyzer  # ge2e's weights only (extra "ge2e")
 	$(PY) scripts/fix_torchaudio_cpu.py
