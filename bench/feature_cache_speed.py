@@ -136,7 +136,8 @@ def spread(values: list[float], fmt: str = ".3f") -> str:
     return f"{statistics.median(values):{fmt}} (median; {min(values):{fmt}}–{max(values):{fmt}})"
 
 
-def report_speed(cached: list[dict], uncached: list[dict], runs: int) -> None:
+def report_speed(cached: list[dict], uncached: list[dict], runs: int, steps: int,
+                 project: int) -> None:
     fast = [r["steps_per_sec"] for r in cached]
     slow = [r["steps_per_sec"] for r in uncached]
     ratios = [f / statistics.median(slow) for f in fast]
@@ -156,6 +157,20 @@ def report_speed(cached: list[dict], uncached: list[dict], runs: int) -> None:
           f"included)")
     print(f"LR sweep of {runs} runs, uncached: {total_uncached:7.1f} s ({note})")
     print(f"sweep speed-up: {total_uncached / total_cached:.1f} ×")
+    projected = [projection(group, steps, project, runs) for group in (cached, uncached)]
+    print(f"PROJECTED to {runs} runs of {project} steps (each run's measured fixed time + "
+          f"{project} steps at its median measured steps/s; not measured): cached "
+          f"{projected[0] / 60:.1f} min, uncached {projected[1] / 60:.1f} min, "
+          f"{projected[1] / projected[0]:.0f} ×")
+
+
+def projection(group: list[dict], steps: int, project: int, runs: int) -> float:
+    """Seconds for ``runs`` runs of ``project`` steps: the measured runs' fixed part (time not
+    spent in steps, extraction included) per run, plus the steps at the median rate."""
+    rate = statistics.median(r["steps_per_sec"] for r in group)
+    fixed = [r["seconds"] - steps / r["steps_per_sec"] for r in group]
+    fixed += [statistics.median(fixed[1:] or fixed)] * (runs - len(group))
+    return sum(fixed) + runs * project / rate
 
 
 def report_memory(cached: list[dict], uncached: list[dict], hours: float, cache: Path,
@@ -184,6 +199,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
     parser.add_argument("--uncached-runs", type=int, default=1)
+    parser.add_argument("--project-steps", type=int, default=2000)
     parser.add_argument("--no-one-layer", action="store_true")
     parser.add_argument("--threads", type=int, default=None)  # torch threads (default: torch's)
     parser.add_argument("--workdir", default=None)
@@ -206,9 +222,11 @@ def main() -> None:
         work / "cached_one_layer", work / "cache", roots, args.steps, args.lrs[0], True, [12]),
         args.threads)
     if one_layer:
+        count, secs = map(sum, zip(*one_layer["extractions"]))
         print(f"  cached, layer_selections=[12]: {one_layer['seconds']:.1f} s, "
-              f"{one_layer['steps_per_sec']:.3f} steps/s (load {one_layer['load']:.1f})")
-    report_speed(cached, uncached, runs)
+              f"{one_layer['steps_per_sec']:.3f} steps/s, its own extraction of {count} utt "
+              f"{secs:.1f} s (load {one_layer['load']:.1f})")
+    report_speed(cached, uncached, runs, args.steps, args.project_steps)
     report_memory(cached, uncached, cached_hours(work / f"cached_lr{args.lrs[0]:g}"),
                   work / "cache", one_layer)
     print(f"\nload average at end {os.getloadavg()}; work folder {work}")
