@@ -17,21 +17,18 @@ import torch
 
 from framework.errors import CheckpointError
 from framework.faults import kill_point
-from framework.files import read_json
-from framework.stages import atomic_write_text
+from framework.files import atomic_path, atomic_write_text, read_json
 
 FORMAT = 1
 
 
 def save_atomic(state: dict, path: str | Path) -> None:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         torch.save(state, handle)
         handle.flush()
         os.fsync(handle.fileno())
-    kill_point("checkpoint", path.name)
-    os.replace(tmp, path)
+        kill_point("checkpoint", path.name)
 
 
 def load_checkpoint(path: str | Path, problem: str | None = None) -> dict:

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from framework.audio.dataset import AudioDataset, Skipped
 from framework.errors import AudioError
-from framework.files import require_free_space
+from framework.files import atomic_path, require_free_space
 from framework.progress import progress
 from framework.stages import digest
 
@@ -59,10 +59,8 @@ class FeatureStore:
 
     def write(self, entry: Path, hidden: np.ndarray) -> None:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_name(f".{entry.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as out:
+        with atomic_path(entry) as tmp, open(tmp, "wb") as out:
             np.save(out, hidden.astype(np.float16), allow_pickle=False)
-        os.replace(tmp, entry)
 
     @staticmethod
     def read(entry: Path) -> np.ndarray:

@@ -2,7 +2,9 @@
 a cache is a one-line error naming the file or folder and what to do."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +18,32 @@ def read_json(path: str | Path, what: str):
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path} ({what}) is damaged ({err}); delete it and rerun the stage "
                         "that writes it (force=true), or restore it from a backup") from err
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside ``path`` to write; when the block ends it replaces
+    ``path`` in one rename, so readers never see half a file. A killed write leaves
+    ``.<name>.tmp<pid>`` (the next run removes it: ``workspace.remove_leftovers``); a failed
+    one is deleted."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def existing_parent(path: str | Path) -> Path:
+    """``path`` itself or its nearest ancestor that exists."""
+    return next(p for p in (Path(path), *Path(path).parents) if p.exists())
 
 
 def require_free_space(folder: Path, need: int, what: str, remedy: str) -> None:

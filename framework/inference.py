@@ -31,10 +31,10 @@ log = logging.getLogger(__name__)
 
 def checkpoint_meta(problem: str, cfg: dict, encoder: CategoryEncoder, upstream) -> dict:
     """The fields every checkpoint carries besides weights (``cfg`` plain)."""
-    identity = upstream.identity() if hasattr(upstream, "identity") else {
-        "name": cfg["build_upstream"]["name"], "conf": cfg["build_upstream"].get("conf", {})}
     return {"problem": problem, "config": cfg, "labels": list(encoder.classes),
-            "sample_rate": cfg["build_dataset"]["sample_rate"], "upstream": identity}
+            "sample_rate": cfg["build_dataset"]["sample_rate"],
+            "upstream": {"name": cfg["build_upstream"]["name"],
+                         "conf": cfg["build_upstream"].get("conf", {}), **upstream.identity()}}
 
 
 class TrainedModels:

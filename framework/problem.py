@@ -34,7 +34,7 @@ from framework.audio.samplers import BATCH_SAMPLERS
 from framework.checkpoint import CheckpointDir
 from framework.encoder import CategoryEncoder
 from framework.errors import ConfigError, UserError
-from framework.files import read_json
+from framework.files import existing_parent, read_json
 from framework.models.downstream import DOWNSTREAMS
 from framework.models.featurizer import Featurizer
 from framework.models.model import UpstreamDownstreamModel
@@ -470,7 +470,7 @@ class Problem:
         """(dataset of cached hidden states, its collate) over ``audio``; missing entries are
         extracted first."""
         layers = model.featurizer.layers
-        store = feature_cache.FeatureStore(self.cache_dir, upstream_identity(model.upstream),
+        store = feature_cache.FeatureStore(self.cache_dir, model.upstream.identity(),
                                            layers)
         entries = feature_cache.entries_for(store, audio)
         feature_cache.extract_missing(store, model.upstream, audio, entries, self.device,
@@ -718,10 +718,6 @@ def disk_full(err: OSError, *folders: Path) -> UserError:
                      "elsewhere) and run the same command to resume")
 
 
-def existing_parent(path: Path) -> Path:
-    return next(p for p in (Path(path), *Path(path).parents) if p.exists())
-
-
 def log_traceback(target_dir: Path, err: Exception) -> None:
     """A bug's full traceback in log.txt (the console shows it anyway)."""
     workspace.log_to_file(target_dir, "".join(traceback.format_exception(err)).rstrip())
@@ -733,12 +729,6 @@ def uses_feature_cache(cfg, model, dataset) -> bool:
     return bool(cfg.build_upstream.get("cache_features", False)) \
         and not model.upstream_trainable and getattr(model.upstream, "learned", False) \
         and isinstance(dataset, AudioDataset)
-
-
-def upstream_identity(upstream) -> dict:
-    if hasattr(upstream, "identity"):
-        return upstream.identity()
-    return {"class": type(upstream).__name__}
 
 
 def make_writer(folder: Path):

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from framework.errors import ConfigError, UserError
-from framework.files import read_json
+from framework.files import atomic_write_text, read_json
 
 STAGES = ("prepare_data", "build_encoder", "train", "evaluate", "report")
 SMALL_FILE = 16 * 2**20  # hash content below this size; size + mtime above (checkpoints, audio)
@@ -305,9 +305,3 @@ class StageBook:
         return stale
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

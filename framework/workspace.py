@@ -22,7 +22,7 @@ from pathlib import Path
 
 from framework.config import save_yaml
 from framework.errors import UserError
-from framework.files import read_json
+from framework.files import existing_parent, read_json
 from framework.progress import BarSafeHandler
 
 PACKAGES = ("speech-recipes", "torch", "torchaudio", "numpy", "omegaconf", "pandas",
@@ -36,7 +36,7 @@ def check_target_dir(target_dir: Path, problem: str) -> None:
     if target_dir.exists() and not target_dir.is_dir():
         raise UserError(f"target_dir {target_dir} is a file, not a folder; choose another "
                         "target_dir")
-    existing = next(p for p in (target_dir, *target_dir.parents) if p.exists())
+    existing = existing_parent(target_dir)
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"target_dir {target_dir}: {existing} is not writable by this user; "
                         "choose another target_dir or fix its permissions")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,6 +25,7 @@ from torch.utils.data import Dataset
 from framework.audio.cache import WaveformCache
 from framework.audio.io import read_audio
 from framework.errors import AudioError
+from framework.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -216,12 +216,10 @@ class SkippedItems:
         merged.add(self.items)
         if not merged:
             return None
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "w", newline="") as out:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as out:
             writer = csv.writer(out)
             writer.writerow(self.COLUMNS)
             writer.writerows(merged.items)
-        os.replace(tmp, path)
         return path
 
 

@@ -33,6 +33,12 @@ class Upstream(nn.Module):
     def num_layers(self) -> int:
         return len(self.hidden_sizes)
 
+    def identity(self) -> dict:
+        """What this upstream's features depend on (JSON-serialisable): the class and its
+        buffers' shapes here; learned upstreams add a digest of their weights."""
+        return {"upstream": type(self).__name__, "sample_rate": getattr(self, "sample_rate", None),
+                "hidden_sizes": list(self.hidden_sizes)}
+
     @classmethod
     def expected_sample_rate(cls, conf: dict) -> int:
         """The input rate (Hz) of this upstream built with ``conf``, without building it:
