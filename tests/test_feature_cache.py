@@ -29,11 +29,14 @@ def tiny_checkpoint(tmp_path_factory):
     return folder
 
 
-def settings(checkpoint, cached: bool) -> dict:
+def settings(checkpoint, cached: bool, steps: int = 30) -> dict:
+    """KWS over the tiny checkpoint; ``steps`` of training (300: enough to learn)."""
     return {"build_upstream": {"name": "wav2vec2", "conf": {"checkpoint": str(checkpoint)},
                                "cache_features": cached},
-            "build_downstream": {"conf": {"hidden_size": 32}},
-            "train": {"total_steps": 30, "eval_step": 30, "save_step": 30, "log_step": 10}}
+            "build_featurizer": {"normalize": True},
+            "build_downstream": {"conf": {"hidden_size": 256}},
+            "train": {"total_steps": steps, "eval_step": steps, "save_step": steps,
+                      "log_step": 10}}
 
 
 def entries(cache_dir) -> list:
@@ -59,8 +62,8 @@ def cache_runs(tmp_path_factory, corpus, tiny_checkpoint):
     for cached in (True, False):
         target = base / f"cached_{cached}"
         KWS().run(target_dir=str(target), cache_dir=str(base / "cache"),
-                  **merge(merge(FAST, corpus_overrides(corpus)), settings(tiny_checkpoint,
-                                                                          cached)))
+                  **merge(merge(FAST, corpus_overrides(corpus)),
+                          settings(tiny_checkpoint, cached, steps=300)))
         out[cached] = target
     return base, out
 
@@ -68,8 +71,14 @@ def cache_runs(tmp_path_factory, corpus, tiny_checkpoint):
 def test_cached_features_give_the_same_results_as_computing_them(cache_runs):
     base, targets = cache_runs
     with_cache, without = metrics(targets[True]), metrics(targets[False])
-    assert abs(with_cache["accuracy"] - without["accuracy"]) <= 1 / 24 + 1e-9  # one test item
-    assert abs(with_cache["loss"] - without["loss"]) < 0.02  # fp16 storage
+    # Both learned: measured 0.375-0.417 accuracy (train.seed 1337 and 1; chance 1/12 = 0.083,
+    # the untrained loss ln 12 = 2.48) and loss 1.94-2.04. Cached and uncached differed by
+    # 0 items and < 0.0003 in loss: they differ only by fp16 rounding of the features
+    # (checked entry by entry below). 0.25 is 3 items below the lowest run, 2x chance above.
+    for run in (with_cache, without):
+        assert run["accuracy"] >= 0.25 and run["loss"] < 2.3, run
+    assert abs(with_cache["accuracy"] - without["accuracy"]) <= 2 / 24 + 1e-9  # two test items
+    assert abs(with_cache["loss"] - without["loss"]) < 0.05
     train = (targets[True] / "data/train.csv").read_text().count("\n") - 1
     assert len(entries(base / "cache")) >= train  # every training utterance is cached
     identity = json.loads(next((base / "cache/features").glob("*/upstream.json")).read_text())
@@ -129,3 +138,25 @@ def test_learned_layer_weights_are_reported_and_logged(cache_runs):
     events = EventAccumulator(str(targets[True] / "train/tensorboard"))
     events.Reload()
     assert {"featurizer/layer_00", "featurizer/layer_02"} <= set(events.Tags()["scalars"])
+
+
+def test_cached_entries_equal_the_upstream_run_live(cache_runs, tiny_checkpoint):
+    import numpy as np
+    import torch
+
+    from framework.audio.dataset import AudioDataset, read_manifest
+    from framework.feature_cache import FeatureStore, entries_for
+    from framework.models.upstream import UPSTREAMS
+
+    base, targets = cache_runs
+    upstream = UPSTREAMS.build("wav2vec2", {"checkpoint": str(tiny_checkpoint)}).eval()
+    store = FeatureStore(base / "cache", upstream.identity(), [0, 1, 2])
+    audio = AudioDataset(read_manifest(targets[True] / "data/train.csv").head(6))
+    for index, entry in enumerate(entries_for(store, audio)):
+        wav = audio.window(index, None, None)
+        with torch.no_grad():
+            hidden, lens = upstream(wav[None], torch.tensor([len(wav)]))
+        live = torch.stack(hidden)[:, 0, : int(lens[0])].numpy()
+        cached = FeatureStore.read(entry)
+        assert cached.dtype == np.float16 and cached.shape == live.shape
+        np.testing.assert_allclose(cached.astype(np.float32), live, rtol=2e-3, atol=2e-3)

@@ -81,7 +81,11 @@ def test_history_and_tensorboard_hold_training_curves(full_run):
     target, _ = full_run
     history = json.loads((target / "train" / "history.json").read_text())
     assert [r["step"] for r in history["train"]] == [10, 20, 30, 40]
-    assert all(r["lr"] == 3e-3 and r["loss"] > 0 for r in history["train"])
+    assert all(r["lr"] == 3e-3 for r in history["train"])  # FAST's constant learning rate
+    # learning shows in the loss: last/first record 0.13-0.20 over train.seed 1337, 1, 2, 3
+    # (1.93-1.97 -> 0.26-0.39); 0.6 is 3x the highest ratio, and an untrained run stays ~1
+    losses = [r["loss"] for r in history["train"]]
+    assert losses[-1] < 0.6 * losses[0], losses
     assert [r["step"] for r in history["valid"]] == [20, 40]
     [events] = (target / "train" / "tensorboard").iterdir()
     board = EventAccumulator(str(events))
