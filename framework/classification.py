@@ -16,6 +16,8 @@ from framework.tasks.classification import UtteranceClassificationTask
 class UtteranceClassification(Problem):
     """One label per utterance (or segment) from a ``label`` manifest column."""
 
+    config_file = "classification.yaml"  # the family's defaults, under each recipe's YAML
+
     def model_output_size(self, encoder, cfg) -> int:
         return len(encoder)
 

@@ -91,9 +91,15 @@ class Problem:
 
     @classmethod
     def config_comments(cls) -> dict[str, str]:
-        comments = {}
+        """Dotted key → comment, a recipe's over its family's; a recipe's comment that
+        states no ``(must be ...)`` rule keeps the rule of the key it overrides."""
+        comments: dict[str, str] = {}
         for path in cls.config_files():
-            comments.update(cfglib.yaml_comments(path.read_text()))
+            for key, text in cfglib.yaml_comments(path.read_text()).items():
+                inherited = cfglib.value_rules({key: comments.get(key, "")})
+                if inherited and not cfglib.value_rules({key: text}):
+                    text = f"{text} (must be {inherited[key]})"
+                comments[key] = text
         return comments
 
     @classmethod
