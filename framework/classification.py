@@ -5,8 +5,8 @@ task is cross-entropy; the report is accuracy, F1, a confusion matrix and friend
 """
 from __future__ import annotations
 
-
-from framework.audio.dataset import AudioDataset, read_manifest
+from framework.audio.dataset import AudioDataset, Skipped, collate_padded, read_manifest
+from framework.audio.segments import WindowDataset, collate_windows
 from framework.problem import Problem
 from framework.report.classification import class_counts, write_classification_report
 from framework.report.summary import training_summary
@@ -23,15 +23,24 @@ class UtteranceClassification(Problem):
 
     def build_dataset(self, build_dataset, target_dir, cache_dir, mode, data_csv,
                       encoder_path):
+        """Training: random crops of at most ``train.max_secs``. Valid/test: whole clips (or
+        their centre ``test.max_secs``), or, with ``test.window_secs``, every clip as
+        windows of that length (:class:`LabelledWindows`; the task pools them per clip)."""
         conf = build_dataset["train" if mode == "train" else "test"]
         manifest = read_manifest(data_csv)
         if mode == "train" and conf.get("min_secs"):
             manifest = manifest[manifest["duration"] >= conf["min_secs"]]
         encoder = self.load_encoder(encoder_path)
-        return AudioDataset(manifest, encoder.index, build_dataset["sample_rate"],
-                            conf.get("max_secs"), "random" if mode == "train" else "center",
-                            seed=self.cfg.train.seed,
-                            cache_dir=cache_dir if build_dataset["cache_waveforms"] else None)
+        cache = cache_dir if build_dataset["cache_waveforms"] else None
+        window = conf.get("window_secs") if mode != "train" else None
+        clips = AudioDataset(manifest, encoder.index, build_dataset["sample_rate"],
+                             None if window else conf.get("max_secs"),
+                             "random" if mode == "train" else "center",
+                             seed=self.cfg.train.seed, cache_dir=cache)
+        return LabelledWindows(clips, window) if window else clips
+
+    def build_collate_fn(self, build_collate_fn, mode):
+        return collate_padded if mode == "train" else collate_clips
 
     def build_task(self, build_task, model, encoder):
         return UtteranceClassificationTask(model, encoder.classes, **build_task)
@@ -47,3 +56,25 @@ class UtteranceClassification(Problem):
                                            title=type(self).__name__, best=best,
                                            training=training,
                                            counts=class_counts(self.manifests(), classes))
+
+
+class LabelledWindows(WindowDataset):
+    """:class:`~framework.audio.segments.WindowDataset` over labelled clips: each window
+    item also carries its clip's ``label`` (int), and ``labels`` lists them per window."""
+
+    def __getitem__(self, item: int) -> dict | Skipped:
+        window = super().__getitem__(item)
+        if isinstance(window, dict):
+            window["label"] = self.utterances.labels[window["utt"]]
+        return window
+
+    @property
+    def labels(self) -> list[int]:
+        return [self.utterances.labels[index] for index, _, _ in self.windows]
+
+
+def collate_clips(items: list) -> dict:
+    """Evaluation batches: :func:`collate_windows` for window items (they carry ``utt``),
+    :func:`collate_padded` for whole clips."""
+    windows = any(isinstance(item, dict) and "utt" in item for item in items)
+    return collate_windows(items) if windows else collate_padded(items)
