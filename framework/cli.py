@@ -1,4 +1,4 @@
-"""Command line: ``python -m framework {run,score,config,list} ...``."""
+"""Command line: ``python -m framework {run,score,predict,evaluate,config,list} ...``."""
 from __future__ import annotations
 
 import argparse
@@ -72,6 +72,29 @@ def cmd_score(args) -> None:
           f"validation EER point of {out['checkpoint']}, step {out['step']})")
 
 
+def cmd_predict(args) -> None:
+    from framework.predict import Predictor, predict_files
+
+    predictor = Predictor(attached_problem(args.target_dir, args.problem, args.device),
+                          args.checkpoint)
+    failed = predict_files(predictor, args.files, args.top_k, args.csv)
+    if args.csv:
+        print(f"wrote {args.csv} ({len(args.files) - failed} files)", file=sys.stderr)
+    if failed:
+        sys.stdout.flush()
+        sys.exit(1)
+
+
+def cmd_evaluate(args) -> None:
+    from framework.evaluate_new import NewData, evaluate_new_data
+    from framework.workspace import setup_logging
+
+    setup_logging(None)  # the console only: target_dir's log.txt is the stages' log
+    data = NewData(args.manifest, args.audio_dir, args.file_column, args.label_column)
+    evaluate_new_data(attached_problem(args.target_dir, args.problem, args.device), data,
+                      args.name, args.checkpoint)
+
+
 def cmd_config(args) -> None:
     for path in load_problem(args.problem).config_files():
         print(f"# ---- {path.name} ----")
@@ -141,11 +164,48 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--problem", default=None,
                        help="module:Class of an unregistered problem that made target_dir")
     score.set_defaults(func=cmd_score)
+    add_predict_and_evaluate(sub)
     config = sub.add_parser("config", help="print a problem's default YAML")
     config.add_argument("problem")
     config.set_defaults(func=cmd_config)
     sub.add_parser("list", help="problems, upstreams, downstreams").set_defaults(func=cmd_list)
     return top
+
+
+def add_predict_and_evaluate(sub) -> None:
+    """The ``predict`` and ``evaluate`` subcommands (classification runs)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("target_dir", help="a trained classification run")
+    common.add_argument("--checkpoint", default="valid_best",
+                        help="valid_best (default), step-N, or a checkpoint file")
+    common.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    common.add_argument("--problem", default=None,
+                        help="module:Class of an unregistered problem that made target_dir")
+    predict = sub.add_parser("predict", parents=[common],
+                             help="classify audio files: top-k labels as JSON lines")
+    predict.add_argument("files", nargs="+", help="audio files (any rate; long ones windowed)")
+    predict.add_argument("--top-k", type=positive_int, default=5, help="labels per file")
+    predict.add_argument("--csv", default=None,
+                         help="write file,rank,label,score rows here instead of JSON lines")
+    predict.set_defaults(func=cmd_predict)
+    evaluate = sub.add_parser("evaluate", parents=[common], help="evaluate a trained model on "
+                              "another labelled manifest or CSV: predictions, metrics, report")
+    evaluate.add_argument("--manifest", required=True, help="id,wav_path,label manifest, or a "
+                          "CSV of file,label (with --audio-dir, --file-column)")
+    evaluate.add_argument("--name", default=None, help="output folder name (default: the "
+                          "file's stem): evaluate/NAME/ and report/NAME/")
+    evaluate.add_argument("--audio-dir", default=None,
+                          help="folder the CSV's file column is relative to (default: the "
+                          "CSV's folder)")
+    evaluate.add_argument("--file-column", default=None, help="the CSV's file column (file)")
+    evaluate.add_argument("--label-column", default="label", help="the label column (label)")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return int(text)
 
 
 def main(argv=None) -> None:
