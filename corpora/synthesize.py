@@ -43,6 +43,7 @@ from typing import Callable
 import numpy as np
 import soundfile
 
+from corpora import synth_clips
 from corpora.speech_commands import (NOISE_DIR, SILENCE, SUPERB_WORDS, TEST_LIST, UNKNOWN,
                                      VALID_LIST, WORDS_V1, WORDS_V2)
 from corpora.voxceleb1 import IDEN_SPLIT_FILE, META_FILE, META_HEADER, TEST_SPEAKERS
@@ -777,6 +778,7 @@ SYNTHESIZERS: dict[str, Synthesizer] = {
                                    "test set", _speech_commands_arguments, _speech_commands_run),
     "voxceleb1": Synthesizer("VoxCeleb1 dev and test archives, meta files and trial lists",
                              _voxceleb1_arguments, _voxceleb1_run),
+    "csv_clips": Synthesizer(synth_clips.HELP, synth_clips.add_arguments, synth_clips.run),
 }
 
 

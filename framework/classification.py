@@ -1,12 +1,14 @@
 """The utterance-classification family (keyword spotting, genre classification, ...).
 
-Manifests carry a ``label`` column; the encoder is a JSON list of the training labels; the
+Manifests carry a ``label`` column (a split of clips to predict has none: predictions, no
+figures); the encoder is a JSON list of the training labels; the
 task is cross-entropy; the report is accuracy, F1, a confusion matrix and friends.
 """
 from __future__ import annotations
 
 from framework.audio.dataset import AudioDataset, Skipped, collate_padded, read_manifest
 from framework.audio.segments import WindowDataset, collate_windows
+from framework.errors import CorpusError, UserError
 from framework.problem import Problem
 from framework.report.classification import class_counts, write_classification_report
 from framework.report.summary import training_summary
@@ -31,9 +33,10 @@ class UtteranceClassification(Problem):
         if mode == "train" and conf.get("min_secs"):
             manifest = manifest[manifest["duration"] >= conf["min_secs"]]
         encoder = self.load_encoder(encoder_path)
+        labels = encoder.index if "label" in manifest else None  # None: clips to predict
         cache = cache_dir if build_dataset["cache_waveforms"] else None
         window = conf.get("window_secs") if mode != "train" else None
-        clips = AudioDataset(manifest, encoder.index, build_dataset["sample_rate"],
+        clips = AudioDataset(manifest, labels, build_dataset["sample_rate"],
                              None if window else conf.get("max_secs"),
                              "random" if mode == "train" else "center",
                              seed=self.cfg.train.seed, cache_dir=cache)
@@ -42,20 +45,55 @@ class UtteranceClassification(Problem):
     def build_collate_fn(self, build_collate_fn, mode):
         return collate_padded if mode == "train" else collate_clips
 
+    def build_encoder(self, build_encoder, target_dir, cache_dir, train_csv, valid_csv,
+                      test_csvs):
+        """The training labels (JSON), once every labelled valid/test manifest is checked to
+        hold only labels training saw (:func:`check_known_labels`)."""
+        check_known_labels(train_csv, {"valid": valid_csv, **test_csvs})
+        return super().build_encoder(build_encoder, target_dir, cache_dir, train_csv,
+                                     valid_csv, test_csvs)
+
     def build_task(self, build_task, model, encoder):
         return UtteranceClassificationTask(model, encoder.classes, **build_task)
 
     def report(self, report, results, report_dir):
-        """The classification report, with the training setup and curves and the items per
-        class in every manifest."""
+        """The classification report of the labelled results, with the training setup and
+        curves and the items per class in every labelled manifest. Unlabeled splits (clips to
+        predict) have predictions but no figures, and are left out."""
         classes = self.load_encoder(self.artifact("build_encoder", "encoder")).classes
-        best = next((r for r in results if r["checkpoint"] == "valid_best"
-                     and r["split"] == "test"), results[0])
+        labelled = [r for r in results if "accuracy" in r["metrics"]]
+        if not labelled:
+            raise UserError(f"nothing to report: every evaluated split "
+                            f"({', '.join(r['split'] for r in results)}) is unlabeled; add a "
+                            "labelled one (valid) to evaluate.splits")
+        best = next((r for r in labelled if r["checkpoint"] == "valid_best"
+                     and r["split"] == "test"), labelled[0])
         training = training_summary(self, lambda cfg: {"name": "cross_entropy", "conf": {}})
-        return write_classification_report(report_dir, results, classes,
+        manifests = {split: csv for split, csv in self.manifests().items()
+                     if "label" in read_manifest(csv).columns}
+        return write_classification_report(report_dir, labelled, classes,
                                            title=type(self).__name__, best=best,
                                            training=training,
-                                           counts=class_counts(self.manifests(), classes))
+                                           counts=class_counts(manifests, classes))
+
+
+def check_known_labels(train_csv, others: dict) -> None:
+    """Raise :class:`CorpusError` naming the first manifest of ``others`` (split → CSV) with
+    a ``label`` training (``train_csv``) never saw: stage 2 could not score it. Manifests
+    without a ``label`` column (clips to predict) are skipped."""
+    known = set(read_manifest(train_csv)["label"])
+    for split, csv in others.items():
+        table = read_manifest(csv)
+        if "label" not in table.columns:
+            continue
+        unseen = table.loc[~table["label"].isin(known), "label"].value_counts()
+        if len(unseen):
+            shown = ", ".join(f"'{name}' ({n} item{'s' * (n > 1)})"
+                              for name, n in unseen.astype(int).items())
+            raise CorpusError(f"{csv}: the {split} manifest has label(s) training never saw: "
+                              f"{shown}; the {len(known)} training labels are "
+                              f"{', '.join(sorted(known))}; give training clips of them or "
+                              f"remove those {split} clips, then rerun stage 0")
 
 
 class LabelledWindows(WindowDataset):
@@ -64,7 +102,7 @@ class LabelledWindows(WindowDataset):
 
     def __getitem__(self, item: int) -> dict | Skipped:
         window = super().__getitem__(item)
-        if isinstance(window, dict):
+        if isinstance(window, dict) and self.utterances.labels is not None:
             window["label"] = self.utterances.labels[window["utt"]]
         return window
 
