@@ -168,8 +168,9 @@ def speaker_split(speaker: str, valid_percent: int = 10, test_percent: int = 10)
 
 
 def make_speakers(rng: np.random.Generator, count: int, taken=frozenset(),
-                  quotas: dict[str, int] | None = None) -> Speakers:
-    """``count`` new 8-hex-digit speakers; ``quotas`` fixes how many hash to each split."""
+                  quotas: dict[str, int] | None = None, spread: float = 0.04) -> Speakers:
+    """``count`` new 8-hex-digit speakers; ``quotas`` fixes how many hash to each split;
+    each speaker's formants and pitch are scaled by a factor in ``1 ± spread``."""
     quotas = dict(quotas or {"train": count, "valid": count, "test": count})
     ids, split = [], []
     while len(ids) < count:
@@ -180,7 +181,8 @@ def make_speakers(rng: np.random.Generator, count: int, taken=frozenset(),
             ids.append(speaker)
             split.append(bucket)
     return Speakers(ids, split, f0=np.exp(rng.uniform(np.log(90), np.log(250), count)),
-                    scale=rng.uniform(0.96, 1.04, count), gain_db=rng.uniform(-6, 6, count))
+                    scale=rng.uniform(1 - spread, 1 + spread, count),
+                    gain_db=rng.uniform(-6, 6, count))
 
 
 def _split_quotas(count: int) -> dict[str, int]:
@@ -192,8 +194,9 @@ def _split_quotas(count: int) -> dict[str, int]:
 
 
 def render_words(rng: np.random.Generator, formants: np.ndarray, amps: np.ndarray,
-                 f0: np.ndarray, gain_db: np.ndarray) -> np.ndarray:
-    """``(B, 16000)`` float32 one-second clips of B words, background noise included.
+                 f0: np.ndarray, gain_db: np.ndarray, snr_db=(10, 25)) -> np.ndarray:
+    """``(B, 16000)`` float32 one-second clips of B words, background noise included at a
+    signal-to-noise ratio drawn from ``snr_db`` (low, high) dB.
 
     ``formants``/``amps`` are (B, 3) per clip (speaker scaling already applied), ``f0`` and
     ``gain_db`` (B,). A clip is shaped noise: formant envelope × harmonic comb at ``f0``.
@@ -205,9 +208,9 @@ def render_words(rng: np.random.Generator, formants: np.ndarray, amps: np.ndarra
     spectrum = _white_spectrum(rng, count, freqs.size) * shape
     voice = _unit_rms(np.fft.irfft(spectrum, samples).astype(np.float32))
     voice *= _word_envelope(rng, count, samples)
-    snr_db = rng.uniform(10, 25, (count, 1))
+    snr = rng.uniform(*snr_db, (count, 1))
     noise = colored_noise(rng, count, samples, rng.uniform(0, 2, count))
-    noise *= (10 ** (-snr_db / 20)).astype(np.float32)
+    noise *= (10 ** (-snr / 20)).astype(np.float32)
     gain = (0.1 * 10 ** (gain_db[:, None] / 20)).astype(np.float32)
     return gain * (voice + noise)
 
@@ -244,7 +247,7 @@ def _clip_lengths(rng: np.random.Generator, count: int) -> np.ndarray:
 
 
 def _write_clips(rng: np.random.Generator, plan: list[tuple[Path, str, int]],
-                 speakers: Speakers) -> None:
+                 speakers: Speakers, snr_db=(10, 25)) -> None:
     """Render and write ``plan`` = [(wav path, word, speaker index)] in batches.
 
     Creating files is slow on many file systems and releases the GIL, so a few threads write
@@ -256,7 +259,7 @@ def _write_clips(rng: np.random.Generator, plan: list[tuple[Path, str, int]],
         for first in range(0, len(plan), _BATCH):
             batch = plan[first:first + _BATCH]
             clips = _render_batch(rng, [(word, who) for _, word, who in batch], speakers,
-                                  signatures)
+                                  signatures, snr_db)
             for job in pending:
                 job.result()  # re-raises a failed write
             pending = [pool.submit(write_wav, path, clip) for (path, _, _), clip
@@ -266,14 +269,14 @@ def _write_clips(rng: np.random.Generator, plan: list[tuple[Path, str, int]],
 
 
 def _render_batch(rng: np.random.Generator, items: list[tuple[str, int]], speakers: Speakers,
-                  signatures) -> list[np.ndarray]:
+                  signatures, snr_db=(10, 25)) -> list[np.ndarray]:
     """Clips for [(word, speaker index)], each cut to its own length."""
     who = np.array([speaker for _, speaker in items])
     scale = speakers.scale[who] * rng.uniform(0.99, 1.01, who.size)  # within-speaker jitter
     formants = np.stack([signatures[word][0] for word, _ in items]) * scale[:, None]
     amps = np.stack([signatures[word][1] for word, _ in items])
     gain_db = speakers.gain_db[who] + rng.uniform(-3, 3, who.size)
-    clips = render_words(rng, formants, amps, speakers.f0[who] * scale, gain_db)
+    clips = render_words(rng, formants, amps, speakers.f0[who] * scale, gain_db, snr_db)
     return [clip[:length] for clip, length in zip(clips, _clip_lengths(rng, who.size))]
 
 
@@ -294,13 +297,13 @@ def _write_noise_folder(rng: np.random.Generator, folder: Path, seconds: float) 
 
 
 def _write_release(root: Path, rng: np.random.Generator, words, speakers: Speakers,
-                   utterances: int, noise_secs: float) -> Path:
+                   utterances: int, noise_secs: float, snr_db=(10, 25)) -> Path:
     """One ``speech_commands_v0.0x`` root: word folders, both lists, noise, stubs."""
     fresh_root(root)
     plan = [(root / word / f"{speaker}_nohash_{n}.wav", word, i)
             for word in words for i, speaker in enumerate(speakers.ids)
             for n in range(utterances)]
-    _write_clips(rng, plan, speakers)
+    _write_clips(rng, plan, speakers, snr_db)
     for split, list_name in (("valid", VALID_LIST), ("test", TEST_LIST)):
         lines = sorted(f"{path.parent.name}/{path.name}" for path, _, i in plan
                        if speakers.split[i] == split)
@@ -314,7 +317,7 @@ def _write_release(root: Path, rng: np.random.Generator, words, speakers: Speake
 
 
 def _write_test_set(root: Path, rng: np.random.Generator, speakers: Speakers,
-                    utterances: int) -> Path:
+                    utterances: int, snr_db=(10, 25)) -> Path:
     """``speech_commands_test_set_v0.01``: 10 words, ``_unknown_`` and ``_silence_``."""
     fresh_root(root)
     others = [w for w in WORDS_V1 if w not in SUPERB_WORDS]
@@ -323,7 +326,7 @@ def _write_test_set(root: Path, rng: np.random.Generator, speakers: Speakers,
             for n in range(utterances)]
     plan += [(root / UNKNOWN / f"{speaker}_nohash_{n}.wav", str(rng.choice(others)), i)
              for i, speaker in enumerate(speakers.ids) for n in range(utterances)]
-    _write_clips(rng, plan, speakers)
+    _write_clips(rng, plan, speakers, snr_db)
     _write_silence_clips(rng, root / SILENCE, len(speakers.ids) * utterances)
     _stub(root / "README.md", root.name, "Same layout as the Speech Commands v0.01 test set.")
     return root
@@ -340,8 +343,13 @@ def _write_silence_clips(rng: np.random.Generator, folder: Path, count: int) -> 
 
 
 def synthesize_speech_commands(out_dir, speakers=40, seed=0, version="v0.01", noise_secs=8.0,
-                               utterances_per_word=1) -> dict[str, Path]:
+                               utterances_per_word=1, snr_db=(10, 25),
+                               speaker_spread=0.04) -> dict[str, Path]:
     """Write synthetic Speech Commands roots under ``out_dir``; return them by name.
+
+    Difficulty: each clip's noise is at an SNR drawn from ``snr_db`` (low, high) dB, and each
+    speaker's formants and pitch are scaled by ``1 ± speaker_spread``; the defaults make an
+    easy corpus, ``snr_db=(-5, 10), speaker_spread=0.12`` one where heads differ.
 
     ``version`` ``"v0.01"`` writes ``speech_commands_v0.01`` and
     ``speech_commands_test_set_v0.01`` (keys ``"v0.01"``, ``"test_v0.01"``), ``"v0.02"``
@@ -364,17 +372,20 @@ def synthesize_speech_commands(out_dir, speakers=40, seed=0, version="v0.01", no
     out = Path(out_dir)
     # One stream per root, so a root's content does not depend on which others are written.
     streams = [np.random.default_rng([seed, stream]) for stream in range(4)]
-    talkers = make_speakers(streams[0], speakers, quotas=_split_quotas(speakers))
-    held_out = make_speakers(streams[0], max(2, speakers // 4), taken=set(talkers.ids))
+    talkers = make_speakers(streams[0], speakers, quotas=_split_quotas(speakers),
+                            spread=speaker_spread)
+    held_out = make_speakers(streams[0], max(2, speakers // 4), taken=set(talkers.ids),
+                             spread=speaker_spread)
     roots = {}
     if version in ("v0.01", "both"):
         roots["v0.01"] = _write_release(out / "speech_commands_v0.01", streams[1], WORDS_V1,
-                                        talkers, utterances_per_word, noise_secs)
+                                        talkers, utterances_per_word, noise_secs, snr_db)
         roots["test_v0.01"] = _write_test_set(out / "speech_commands_test_set_v0.01",
-                                              streams[2], held_out, utterances_per_word)
+                                              streams[2], held_out, utterances_per_word,
+                                              snr_db)
     if version in ("v0.02", "both"):
         roots["v0.02"] = _write_release(out / "speech_commands_v0.02", streams[3], WORDS_V2,
-                                        talkers, utterances_per_word, noise_secs)
+                                        talkers, utterances_per_word, noise_secs, snr_db)
     return roots
 
 
@@ -385,11 +396,16 @@ def _speech_commands_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise-secs", type=float, default=8.0,
                         help="length of each _background_noise_ wav, seconds")
     parser.add_argument("--utterances-per-word", type=int, default=1)
+    parser.add_argument("--snr-db", type=float, nargs=2, default=(10, 25), metavar=("LOW", "HIGH"),
+                        help="range of each clip's signal-to-noise ratio, dB")
+    parser.add_argument("--speaker-spread", type=float, default=0.04,
+                        help="speakers scale formants and pitch by 1 +- this")
 
 
 def _speech_commands_run(args: argparse.Namespace) -> dict[str, Path]:
     return synthesize_speech_commands(args.out_dir, args.speakers, args.seed, args.version,
-                                      args.noise_secs, args.utterances_per_word)
+                                      args.noise_secs, args.utterances_per_word,
+                                      tuple(args.snr_db), args.speaker_spread)
 
 
 # ---------------------------------------------------------------- VoxCeleb1
