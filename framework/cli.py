@@ -95,6 +95,39 @@ def cmd_evaluate(args) -> None:
                       args.name, args.checkpoint)
 
 
+def cmd_sweep(args) -> None:
+    from framework import sweep
+
+    plan = sweep.plan_sweep(load_problem(args.problem), args.config, args.overrides)
+    sweep.run_sweep(plan)
+    print_comparison([str(plan.sweep_dir)], plan.sweep_dir)
+    failed = sweep.failures(plan)
+    if failed:
+        raise UserError(f"{len(failed)} of {len(plan.points)} sweep points did not finish ("
+                        + "; ".join(f"{name}: {status}" for name, status in failed.items())
+                        + "); fix the cause and run the same command: finished points are "
+                        "skipped")
+
+
+def cmd_compare(args) -> None:
+    from framework import compare
+
+    print_comparison(args.runs, args.out or compare.default_out(args.runs))
+
+
+def print_comparison(runs: list[str], out: str | Path | None) -> None:
+    """Print the comparison table of ``runs``; write it into ``out`` when given."""
+    from framework import compare
+
+    table = compare.compare(runs)
+    print(compare.markdown(table), end="")
+    if out is None:
+        print("(add --out DIR to write compare.md and compare.csv)", file=sys.stderr)
+        return
+    paths = compare.write(table, Path(out))
+    print(f"wrote {paths['markdown']} and {paths['csv']}", file=sys.stderr)
+
+
 def cmd_config(args) -> None:
     for path in load_problem(args.problem).config_files():
         print(f"# ---- {path.name} ----")
@@ -165,6 +198,7 @@ def parser() -> argparse.ArgumentParser:
                        help="module:Class of an unregistered problem that made target_dir")
     score.set_defaults(func=cmd_score)
     add_predict_and_evaluate(sub)
+    add_sweep_and_compare(sub)
     config = sub.add_parser("config", help="print a problem's default YAML")
     config.add_argument("problem")
     config.set_defaults(func=cmd_config)
@@ -208,12 +242,44 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+SWEEP_EXAMPLE = """every override whose value is a list is an axis; the grid is their product.
+A key whose own default is a list (evaluate.splits) is an axis only when given a list of
+lists. Each point runs in target_dir/<name> (e.g. lr=0.001), all with one cache_dir (null:
+target_dir/cache). Rerunning the same command skips finished points and resumes the rest.
+
+example:
+  python -m framework sweep kws target_dir=exp/lr 'build_optimizer.conf.lr=[1e-2,1e-3,1e-4]' \\
+      prepare_data.dataset_root=data/speech_commands_v0.01 \\
+      prepare_data.test_root=data/speech_commands_test_set_v0.01
+"""
+
+
+def add_sweep_and_compare(sub) -> None:
+    """The ``sweep`` and ``compare`` subcommands (framework/sweep.py, framework/compare.py)."""
+    sweep = sub.add_parser("sweep", help="run the grid of list-valued overrides, one "
+                           "target_dir per point, then compare them",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog=SWEEP_EXAMPLE)
+    sweep.add_argument("problem", help="a registered name (see `list`) or module:Class")
+    sweep.add_argument("--config", action="append", default=[],
+                       help="YAML merged over the defaults (repeatable)")
+    sweep.add_argument("overrides", nargs="*", help="section.key=value or key=[v1,v2,...]")
+    sweep.set_defaults(func=cmd_sweep)
+    compare = sub.add_parser("compare", help="one table of runs' metrics and settings, the "
+                             "best marked by validation (never by test)")
+    compare.add_argument("runs", nargs="+", help="target_dirs, or a sweep folder")
+    compare.add_argument("--out", default=None, help="folder for compare.md and compare.csv "
+                         "(default: the sweep folder when one is compared; else not written)")
+    compare.set_defaults(func=cmd_compare)
+
+
 def main(argv=None) -> None:
     top = parser()
     # Options may sit between the overrides (`run kws --config a.yaml key=value ...`), which
     # argparse's positional handling does not allow: collect the leftovers as overrides.
     args, extra = top.parse_known_args(argv)
-    unknown = [item for item in extra if args.command != "run" or "=" not in item]
+    unknown = [item for item in extra if args.command not in ("run", "sweep")
+               or "=" not in item]
     if unknown:
         top.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
