@@ -122,6 +122,8 @@ class Predictor:
             except AudioError as err:
                 return str(audio), None, err.reason
         source = f"<array {index}>"
+        if not (isinstance(audio, (tuple, list)) and len(audio) == 2):
+            return source, None, "expected a file path or a (waveform, sample_rate) pair"
         try:
             return source, self.from_array(*audio), None
         except (TypeError, ValueError) as err:
@@ -135,8 +137,12 @@ class Predictor:
 
     def from_array(self, samples, sample_rate) -> torch.Tensor:
         """A waveform (T,) or (T, channels), any numeric dtype, at ``sample_rate`` Hz → mono
-        float32 at the model's rate. Raises ValueError for an empty or non-finite one."""
+        float32 at the model's rate. Raises ValueError for an empty, non-finite or
+        channels-first one."""
         wave = torch.as_tensor(np.asarray(samples), dtype=torch.float32)
+        if wave.ndim == 2 and wave.shape[1] > wave.shape[0]:
+            raise ValueError(f"a waveform of shape {tuple(wave.shape)}: give (T, channels), "
+                             "as soundfile reads it (transpose a channels-first array)")
         if wave.ndim == 2:
             wave = wave.mean(dim=1)
         if wave.ndim != 1 or not len(wave):
@@ -144,6 +150,8 @@ class Predictor:
                              f"shape {tuple(np.shape(samples))}")
         if not bool(torch.isfinite(wave).all()):
             raise ValueError("the waveform holds NaN or infinite samples")
+        if int(sample_rate) <= 0:
+            raise ValueError(f"sample_rate must be > 0 Hz, got {sample_rate}")
         if int(sample_rate) != self.sample_rate:
             wave = AF.resample(wave, int(sample_rate), self.sample_rate)
         return wave
