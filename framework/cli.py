@@ -128,6 +128,13 @@ def print_comparison(runs: list[str], out: str | Path | None) -> None:
     print(f"wrote {paths['markdown']} and {paths['csv']}", file=sys.stderr)
 
 
+def cmd_export(args) -> None:
+    from framework.export import export_model, summary
+
+    problem = attached_problem(args.target_dir, args.problem, "cpu")
+    print(summary(export_model(problem, args.format, args.checkpoint, args.out)))
+
+
 def cmd_config(args) -> None:
     for path in load_problem(args.problem).config_files():
         print(f"# ---- {path.name} ----")
@@ -199,6 +206,18 @@ def parser() -> argparse.ArgumentParser:
     score.set_defaults(func=cmd_score)
     add_predict_and_evaluate(sub)
     add_sweep_and_compare(sub)
+    export = sub.add_parser("export", help="write a trained model as TorchScript or ONNX, "
+                            "checked against the framework (onnx: the export extra)")
+    export.add_argument("target_dir", help="a trained run")
+    export.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    export.add_argument("--checkpoint", default="valid_best",
+                        help="valid_best (default), step-N, or a checkpoint file")
+    export.add_argument("--out", default=None,
+                        help="folder for the model and its JSON sidecar (default: "
+                        "TARGET_DIR/export/CHECKPOINT)")
+    export.add_argument("--problem", default=None,
+                        help="module:Class of an unregistered problem that made target_dir")
+    export.set_defaults(func=cmd_export)
     config = sub.add_parser("config", help="print a problem's default YAML")
     config.add_argument("problem")
     config.set_defaults(func=cmd_config)
