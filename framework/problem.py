@@ -35,6 +35,7 @@ from framework.checkpoint import CheckpointDir
 from framework.encoder import CategoryEncoder
 from framework.errors import ConfigError, UserError
 from framework.files import existing_parent, read_json
+from framework.models import augment
 from framework.models.downstream import DOWNSTREAMS
 from framework.models.featurizer import Featurizer
 from framework.models.model import UpstreamDownstreamModel
@@ -46,8 +47,8 @@ from framework.trainer import Trainer, TrainConfig, seed_everything
 log = logging.getLogger("framework.problem")
 
 MODEL_SECTIONS = ("build_dataset", "build_batch_sampler", "build_collate_fn", "build_upstream",
-                  "build_featurizer", "build_downstream", "build_model", "build_task",
-                  "build_optimizer", "build_scheduler", "train")
+                  "build_featurizer", "build_downstream", "build_model", "build_augmentation",
+                  "build_task", "build_optimizer", "build_scheduler", "train")
 
 
 class Problem:
@@ -134,8 +135,9 @@ class Problem:
 
     def check_builders(self, cfg: DictConfig) -> None:
         """Fail before stage 0 on a wrong name or argument for any named building block, a
-        schedule value out of range, an unknown or unusable ``train.precision``, or a CNN
-        to freeze that the upstream does not have."""
+        schedule value out of range, an unknown or unusable ``train.precision``, a CNN
+        to freeze that the upstream does not have, or a bad ``build_augmentation`` (a
+        noise folder without wavs, SNR bounds reversed, a speed factor out of range)."""
         downstream_given = dict.fromkeys(("input_size", "output_size", "input_stride"))
         for section, registry, given in (("build_upstream", UPSTREAMS, None),
                                          ("build_downstream", DOWNSTREAMS, downstream_given)):
@@ -149,6 +151,7 @@ class Problem:
         check_kwargs(optimizer, cfg.build_optimizer.conf, "build_optimizer.conf")
         schedules.check(cfg.build_scheduler.name, cfglib.to_plain(cfg.build_scheduler.conf),
                         cfg.train.total_steps)
+        augment.check(cfglib.to_plain(cfg.get("build_augmentation")))
         device = cfg.device if cfg.device != "auto" else \
             "cuda" if torch.cuda.is_available() else "cpu"
         TrainConfig.check_precision(cfg.train.get("precision", "fp32"), device.split(":")[0])
@@ -295,9 +298,10 @@ class Problem:
         return self
 
     def stage_config(self, name: str) -> dict:
-        """The config sections and run keys that decide stage ``name``'s result (plain)."""
+        """The config sections and run keys that decide stage ``name``'s result (plain);
+        sections this problem's config does not have are left out (fingerprints stay)."""
         return {key: cfglib.to_plain(self.cfg[key]) if isinstance(self.cfg[key], DictConfig)
-                else self.cfg[key] for key in self.stage_sections[name]}
+                else self.cfg[key] for key in self.stage_sections[name] if key in self.cfg}
 
     def run_stage(self, name: str) -> None:
         index = STAGES.index(name)
@@ -394,12 +398,21 @@ class Problem:
                                  input_stride=downstream_input_stride)
 
     def build_model(self, build_model: dict, model_output_size: int, build_upstream: dict,
-                    build_featurizer: dict, build_downstream: dict):
+                    build_featurizer: dict, build_downstream: dict,
+                    build_augmentation: dict | None = None):
         upstream = self.build_upstream(build_upstream)
         featurizer = self.build_featurizer(build_featurizer, upstream)
         downstream = self.build_downstream(build_downstream, featurizer.output_size,
                                            model_output_size, featurizer.downsample_rate)
-        return UpstreamDownstreamModel(upstream, featurizer, downstream, **build_model)
+        augmentation = self.build_augmentation(build_augmentation,
+                                               getattr(upstream, "sample_rate", 16000))
+        return UpstreamDownstreamModel(upstream, featurizer, downstream, **build_model,
+                                       augmentation=augmentation)
+
+    def build_augmentation(self, build_augmentation: dict | None, sample_rate: int):
+        """Training-time augmentation (:mod:`framework.models.augment`) for audio at
+        ``sample_rate`` Hz, or None when the section is absent or all off."""
+        return augment.build(build_augmentation, sample_rate)
 
     def build_optimizer(self, build_optimizer: dict, parameters):
         """The torch.optim class ``name`` with ``conf`` over ``parameters``: named groups of
@@ -459,7 +472,7 @@ class Problem:
                                          self.cache_dir, mode, data_csv, self.artifact(
                                              "build_encoder", "encoder"))
         collate = self.build_collate_fn(cfglib.to_plain(cfg.build_collate_fn), mode)
-        if model is not None and uses_feature_cache(cfg, model, dataset):
+        if model is not None and uses_feature_cache(cfg, model, dataset, mode):
             dataset, collate = self.cached_features(model, dataset)
         sampler = self.build_batch_sampler(cfglib.to_plain(cfg.build_batch_sampler),
                                            self.target_dir, self.cache_dir, mode, data_csv,
@@ -494,7 +507,8 @@ class Problem:
         encoder = encoder or self.load_encoder(self.artifact("build_encoder", "encoder"))
         model = self.build_model(cfglib.to_plain(cfg.build_model), self.model_output_size(
             encoder, cfg), cfglib.to_plain(cfg.build_upstream), cfglib.to_plain(
-            cfg.build_featurizer), cfglib.to_plain(cfg.build_downstream))
+            cfg.build_featurizer), cfglib.to_plain(cfg.build_downstream),
+            cfglib.to_plain(cfg.get("build_augmentation")))
         return self.build_task(cfglib.to_plain(cfg.build_task), model, encoder).to(self.device)
 
     def stage_train(self, cfg) -> StageResult:
@@ -573,7 +587,7 @@ class Problem:
 
     def warn_changed_sections(self, trained) -> None:
         for section in self.model_sections:
-            if cfglib.to_plain(trained[section]) != cfglib.to_plain(self.cfg[section]):
+            if cfglib.to_plain(trained.get(section)) != cfglib.to_plain(self.cfg.get(section)):
                 log.warning("%s differs from the trained model's; using the trained one "
                             "(%s)", section, self.artifact("train", "config"))
 
@@ -729,12 +743,19 @@ def log_traceback(target_dir: Path, err: Exception) -> None:
     workspace.log_to_file(target_dir, "".join(traceback.format_exception(err)).rstrip())
 
 
-def uses_feature_cache(cfg, model, dataset) -> bool:
+def uses_feature_cache(cfg, model, dataset, mode: str = "test") -> bool:
     """Whether ``dataset``'s items should be cached features: a frozen, learned upstream
-    with ``build_upstream.cache_features`` on, over whole utterances (an AudioDataset)."""
-    return bool(cfg.build_upstream.get("cache_features", False)) \
+    with ``build_upstream.cache_features`` on, over whole utterances (an AudioDataset), and
+    for ``mode`` train no waveform augmentation (noise, speed) to apply first."""
+    wanted = bool(cfg.build_upstream.get("cache_features", False)) \
         and not model.upstream_trainable and getattr(model.upstream, "learned", False) \
         and isinstance(dataset, AudioDataset)
+    augmentation = getattr(model, "augmentation", None)
+    if wanted and mode == "train" and getattr(augmentation, "changes_waveform", False):
+        log.info("training runs the upstream live, not from the feature cache: "
+                 "build_augmentation's noise/speed change the waveform before it")
+        return False
+    return wanted
 
 
 def make_writer(folder: Path):

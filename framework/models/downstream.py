@@ -30,5 +30,6 @@ class MeanLinear(nn.Module):
         return self.classify(masked_mean(self.project(features), lens))
 
 
-# The speaker-embedding heads register themselves in DOWNSTREAMS (after it exists above).
-from framework.models import speaker  # noqa: E402,F401
+# The speaker-embedding and the tutorials' classification heads register themselves in
+# DOWNSTREAMS (after it exists above).
+from framework.models import classifiers, speaker  # noqa: E402,F401

@@ -16,14 +16,19 @@ class UpstreamDownstreamModel(nn.Module):
     not run at all. With ``upstream_trainable=False`` the upstream is frozen: no gradients,
     eval mode, and it is left out of :meth:`trainable_state_dict`, so checkpoints do not copy
     its weights.
+
+    ``augmentation`` (:mod:`framework.models.augment`, or None) acts in training mode only:
+    on ``wav``/``wav_len`` before the upstream and on the featurizer's output.
     """
 
     def __init__(self, upstream: nn.Module, featurizer: nn.Module, downstream: nn.Module,
-                 upstream_trainable: bool = False, freeze_feature_encoder: bool = False):
+                 upstream_trainable: bool = False, freeze_feature_encoder: bool = False,
+                 augmentation: nn.Module | None = None):
         """``freeze_feature_encoder`` (with ``upstream_trainable``): keep the upstream's CNN
         feature encoder frozen (its ``freeze_feature_encoder()``) while the rest fine-tunes."""
         super().__init__()
         self.upstream, self.featurizer, self.downstream = upstream, featurizer, downstream
+        self.augmentation = augmentation
         self.upstream_trainable = upstream_trainable
         self.upstream.requires_grad_(upstream_trainable)
         if upstream_trainable and freeze_feature_encoder:
@@ -39,8 +44,13 @@ class UpstreamDownstreamModel(nn.Module):
         return self
 
     def forward(self, batch: dict):
+        augment = self.augmentation if self.training else None
+        if augment is not None:
+            batch = augment.augment_batch(batch)
         hidden, lens = self.hidden_states(batch)
         features, lens = self.featurizer(hidden, lens)
+        if augment is not None:
+            features = augment.augment_features(features, lens)
         return self.downstream(features, lens)
 
     def hidden_states(self, batch: dict) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -148,6 +148,21 @@ class Mfcc(SpectralUpstream):
         return self.mfcc(wavs).transpose(1, 2)
 
 
+@UPSTREAMS.register("waveform")
+class Waveform(Upstream):
+    """The raw samples as one layer (B, T, 1): the input of raw-waveform heads such as m5."""
+
+    downsample_rate = 1
+
+    def __init__(self, sample_rate: int = 16000):
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.hidden_sizes = [1]
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor):
+        return [wavs.unsqueeze(-1)], wav_lens
+
+
 def masked_mean(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
     """Mean over the valid frames: x (B, T, D), lens (B,) → (B, D). Zero-length safe."""
     mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lens[:, None]).to(x.dtype)
