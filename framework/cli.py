@@ -95,6 +95,14 @@ def cmd_evaluate(args) -> None:
                       args.name, args.checkpoint)
 
 
+def cmd_serve(args) -> None:
+    from framework.serve import Limits, serve
+
+    limits = Limits(args.max_secs, args.max_mb)  # checked before anything loads
+    serve(attached_problem(args.target_dir, args.problem, args.device), args.checkpoint,
+          args.host, args.port, limits, args.top_k, args.concurrency)
+
+
 def cmd_sweep(args) -> None:
     from framework import sweep
 
@@ -205,6 +213,21 @@ def parser() -> argparse.ArgumentParser:
                        help="module:Class of an unregistered problem that made target_dir")
     score.set_defaults(func=cmd_score)
     add_predict_and_evaluate(sub)
+    serve = sub.add_parser("serve", help="a demo page of a trained run (needs the serve "
+                           "extra: pip install speech-recipes[serve])")
+    serve.add_argument("target_dir", help="a trained run (verification: also evaluated)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--checkpoint", default="valid_best", help="valid_best or step-N")
+    serve.add_argument("--top-k", type=int, default=5, help="labels shown (classification)")
+    serve.add_argument("--max-secs", type=float, default=30.0, help="longest clip taken")
+    serve.add_argument("--max-mb", type=float, default=20.0, help="largest file taken (MB)")
+    serve.add_argument("--concurrency", type=int, default=2, help="requests run at once")
+    serve.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    serve.add_argument("--problem", default=None,
+                       help="module:Class of an unregistered problem that made target_dir")
+    serve.set_defaults(func=cmd_serve)
     add_sweep_and_compare(sub)
     export = sub.add_parser("export", help="write a trained model as TorchScript or ONNX, "
                             "checked against the framework (onnx: the export extra)")
