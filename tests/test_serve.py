@@ -104,8 +104,10 @@ def serving(target: Path, log: Path, *options: str):
     port = free_port()
     cmd = [sys.executable, "-m", "framework", "serve", str(target), "--port", str(port),
            *options]
+    uploads = log.parent / "gradio"  # Gradio's upload cache, not the machine's /tmp/gradio
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "GRADIO_TEMP_DIR": str(uploads)})
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_up(url, proc, log)
