@@ -6,6 +6,7 @@ Demos and tests run the real corpus parsers on these folders, so nothing is down
         [--version v0.01|v0.02|both] [--noise-secs F]
     python -m corpora.synthesize voxceleb1 OUT_DIR [--speakers 16] [--test-speakers 8]
         [--videos 3] [--utterances 4] [--min-secs 2.0] [--max-secs 5.0] [--seed S]
+    python -m corpora.synthesize gtzan OUT_DIR [--clips-per-genre 100] [--secs 30] [--seed S]
 
 A corpus is one entry of :data:`SYNTHESIZERS` (name → :class:`Synthesizer`); each entry
 becomes a subcommand. Output is deterministic for a given seed. Audio is 16 kHz mono
@@ -789,12 +790,24 @@ class Synthesizer:
     run: Callable[[argparse.Namespace], dict[str, Path]]
 
 
+def _gtzan(name: str) -> Callable:
+    """A function of :mod:`corpora.synth_gtzan`, imported when called (it imports this
+    module's helpers, so it cannot be imported while this module loads)."""
+    def call(*args):
+        from corpora import synth_gtzan
+        return getattr(synth_gtzan, name)(*args)
+    return call
+
+
 SYNTHESIZERS: dict[str, Synthesizer] = {
     "speech_commands": Synthesizer("Google Speech Commands v0.01 / v0.02 and the v0.01 "
                                    "test set", _speech_commands_arguments, _speech_commands_run),
     "voxceleb1": Synthesizer("VoxCeleb1 dev and test archives, meta files and trial lists",
                              _voxceleb1_arguments, _voxceleb1_run),
     "csv_clips": Synthesizer(synth_clips.HELP, synth_clips.add_arguments, synth_clips.run),
+    "gtzan": Synthesizer("GTZAN genres_original/: 10 genres of 22,050 Hz clips, an unreadable "
+                         "jazz.00054.wav, exact duplicates", _gtzan("add_arguments"),
+                         _gtzan("run")),
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from framework.audio.dataset import AudioDataset, Skipped, collate_padded, read_manifest
 from framework.audio.segments import WindowDataset, collate_windows
+from framework import folds
 from framework.errors import CorpusError, UserError
 from framework.problem import Problem
 from framework.report.classification import class_counts, write_classification_report
@@ -19,6 +20,16 @@ class UtteranceClassification(Problem):
     """One label per utterance (or segment) from a ``label`` manifest column."""
 
     config_file = "classification.yaml"  # the family's defaults, under each recipe's YAML
+
+    def run(self, config_files=(), dotlist=(), **overrides) -> dict:
+        """:meth:`Problem.run`; with cross-validation folds (:meth:`cross_validation_folds`)
+        one sub-run per fold, then their aggregate report (:mod:`framework.folds`)."""
+        return folds.run(self, super().run, config_files, dotlist, overrides)
+
+    def cross_validation_folds(self, cfg) -> list[dict]:
+        """The ``run()`` overrides of each fold's sub-run under config ``cfg``; empty (the
+        default): one ordinary run."""
+        return []
 
     def model_output_size(self, encoder, cfg) -> int:
         return len(encoder)

@@ -86,7 +86,24 @@ def merge_layer(base: DictConfig, layer: Any, origin: str) -> DictConfig:
     """Merge ``layer`` over ``base`` after checking every key and type against ``base``."""
     layer = layer if isinstance(layer, DictConfig) else OmegaConf.create(layer or {})
     check_layer(base, layer, prefix="", origin=origin)
-    return OmegaConf.merge(base, layer)
+    merged = OmegaConf.merge(base, layer)
+    if origin.startswith("--config"):
+        replace_switched_mappings(merged, base, layer)
+    return merged
+
+
+def replace_switched_mappings(merged: DictConfig, base: DictConfig, layer: DictConfig) -> None:
+    """A YAML file's section that switches ``name`` to another class and gives its open
+    mappings (``conf``) states that class's arguments whole: they replace the old class's
+    (which the new one would not take), as ``section.conf={...}`` does on the command line."""
+    for section in layer.keys():
+        given, before = layer[section], base[section]
+        if not (isinstance(given, DictConfig) and "name" in given and "name" in before) \
+                or given.name == before.name:
+            continue
+        for key in OPEN_KEYS & set(map(str, given.keys())):
+            OmegaConf.update(merged, f"{section}.{key}", OmegaConf.to_container(given[key]),
+                             merge=False)
 
 
 def check_layer(base: DictConfig, layer: DictConfig, prefix: str, origin: str) -> None:
