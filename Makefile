@@ -28,7 +28,7 @@ demo: setup
 	    prepare_data.test_root=$(DEMO)/corpus/vox1_test_wav prepare_data.trials_dir=$(DEMO)/corpus
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q  # setup.cfg [tool:pytest]: tests/ and the doctests of framework/, corpora/
 
 bench: setup
 	$(PY) bench/kws_train_throughput.py
