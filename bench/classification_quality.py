@@ -13,7 +13,8 @@ baseline reads the same train and test manifests with the framework's MFCC front
 ``s/step`` is the train stage's wall time (one validation included) over its steps.
 
 Usage: python bench/classification_quality.py [--corpus speech_commands gtzan]
-       [--steps 600] [--speakers 40] [--clips-per-genre 30] [--rows NAME ...]
+       [--steps 600] [--speakers 40] [--clips-per-genre 30] [--gtzan-secs 10]
+       [--rows NAME ...]
        [--augment both|off|on] [--threads N]
 """
 from __future__ import annotations
@@ -37,31 +38,37 @@ from framework.audio.dataset import read_manifest  # noqa: E402
 from framework.audio.io import read_audio  # noqa: E402
 from framework.models.upstream import Mfcc  # noqa: E402
 
-#: row name → config overrides over the recipe's defaults (the heads users can pick)
+#: row name → config overrides (dotlist: a ``conf={...}`` replaces the recipe's whole mapping)
 ROWS = {
-    "mean_linear (fbank)": {},
-    "mlp_probe (fbank)": {"build_downstream": {"name": "mlp_probe", "conf": {}}},
-    "resnet18 (mel 64)": {"build_upstream": {"name": "mel", "conf": {"n_mels": 64}},
-                          "build_downstream": {"name": "resnet18", "conf": {}}},
-    "m5 (waveform)": {"build_upstream": {"name": "waveform", "conf": {}},
-                      "build_downstream": {"name": "m5", "conf": {}}},
+    "mean_linear (fbank)": [],
+    "mlp_probe (fbank)": ["build_downstream.name=mlp_probe", "build_downstream.conf={}"],
+    "resnet18 (mel 64)": ["build_upstream.name=mel", "build_upstream.conf={n_mels: 64}",
+                          "build_downstream.name=resnet18", "build_downstream.conf={}"],
+    "m5 (waveform)": ["build_upstream.name=waveform", "build_upstream.conf={}",
+                      "build_downstream.name=m5", "build_downstream.conf={}"],
 }
-#: the training augmentation a "+ aug" row adds
-AUGMENT = {"build_augmentation": {"spec_augment": {"time_masks": 2, "freq_masks": 2}}}
+#: the training augmentation a "+ aug" row adds (Speech Commands adds its own noise folder)
+AUGMENT = {"build_augmentation": {"spec_augment": {"time_masks": 2, "freq_masks": 2},
+                                  "speed": {"factors": [0.9, 1.0, 1.1]}}}
 
 
-def corpus_settings(name: str, root: Path, args) -> tuple[str, dict]:
-    """(registered problem, prepare_data overrides) for a synthesized corpus under ``root``."""
+def corpus_settings(name: str, root: Path, args) -> tuple[str, dict, dict]:
+    """(registered problem, prepare_data overrides, augmentation) for a synthesized corpus
+    under ``root``."""
     if name == "speech_commands":
         from corpora.synthesize import synthesize_speech_commands
 
         roots = synthesize_speech_commands(root, speakers=args.speakers, version="v0.02",
                                            snr_db=(-5, 10), speaker_spread=0.12)
-        return "kws", {"dataset_root": str(roots["v0.02"]), "classes": "all"}
+        noise = {"build_augmentation": {"noise": {
+            "folder": str(roots["v0.02"] / "_background_noise_")}}}
+        return "kws", {"dataset_root": str(roots["v0.02"]), "classes": "all"}, \
+            merge(AUGMENT, noise)
     from corpora.synth_gtzan import synthesize_gtzan
 
-    folder = synthesize_gtzan(root, clips_per_genre=args.clips_per_genre)
-    return "genre", {"dataset_root": str(folder)}
+    folder = synthesize_gtzan(root, clips_per_genre=args.clips_per_genre,
+                              secs=args.gtzan_secs)["dataset_root"]
+    return "genre", {"dataset_root": str(folder)}, AUGMENT
 
 
 def run_row(problem, overrides: dict, target_dir: Path, cache_dir: Path, steps: int,
@@ -116,17 +123,17 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 def bench_corpus(name: str, work: Path, args) -> list[tuple]:
-    from framework.cli import load_problem
+    from framework.problems import load_problem
 
-    problem_name, prepare = corpus_settings(name, work / "corpus", args)
+    problem_name, prepare, augment = corpus_settings(name, work / "corpus", args)
     problem, cache, table = load_problem(problem_name), work / "cache", []
     for row in args.rows:
         for augmented in {"both": (False, True), "off": (False,), "on": (True,)}[args.augment]:
-            overrides = merge({"prepare_data": prepare}, ROWS[row])
-            overrides = merge(overrides, AUGMENT) if augmented else overrides
+            overrides = merge({"prepare_data": prepare}, augment) if augmented \
+                else {"prepare_data": prepare}
             label = f"{row}{' + aug' if augmented else ''}"
             out = run_row(problem, overrides, work / label.replace(" ", "_"), cache,
-                          args.steps, args.set)
+                          args.steps, [*ROWS[row], *args.set])
             table.append((name, label, out["accuracy"], out["s_per_step"]))
             print(f"{name:<16} {label:<28} acc {out['accuracy']:.3f}  "
                   f"{out['s_per_step'] * 1000:.0f} ms/step", flush=True)
@@ -143,6 +150,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--speakers", type=int, default=40)
     parser.add_argument("--clips-per-genre", type=int, default=30)
+    parser.add_argument("--gtzan-secs", type=float, default=10.0,
+                        help="length of the synthesized GTZAN clips (the real ones: 30 s)")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--augment", choices=["both", "off", "on"], default="both",
                         help="rows without and/or with the training augmentation")

@@ -2,63 +2,17 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.metadata
 import os
 import sys
 from pathlib import Path
 
 from framework.errors import UserError
 from framework.interrupts import Interrupted
-from framework.registry import closest, first_line
-
-ENTRY_POINT_GROUP = "framework.problems"
-
-
-def registered_problems() -> dict[str, str]:
-    """Short name → ``module:Class`` from the ``framework.problems`` entry points."""
-    return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def load_problem(name: str):
-    """A problem class from a short name (``kws``) or ``package.module:Class``."""
-    target = registered_problems().get(name, name)
-    if ":" not in target:
-        known = registered_problems()
-        raise UserError(f"unknown problem '{name}'{closest(name, known)} Choose one of: "
-                        f"{', '.join(sorted(known))}, or give module:Class")
-    module_name, _, class_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise UserError(f"cannot import '{module_name}' for problem '{name}' ({err}); the "
-                        "module must be importable: on PYTHONPATH (e.g. run from the folder "
-                        "holding it) or in an installed package") from err
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise UserError(f"module '{module_name}' has no class '{class_name}'")
-    return cls
-
+from framework.problems import attached_problem, load_problem, registered_problems
+from framework.registry import first_line
 
 def cmd_run(args) -> None:
     load_problem(args.problem)().run(config_files=args.config, dotlist=args.overrides)
-
-
-def attached_problem(target_dir: str, named: str | None, device: str):
-    """The problem that made ``target_dir``, attached to it. Only a registered problem (entry
-    point) is imported on the strength of target_dir's ``problem.json``; any other module must
-    be named by the user (``--problem module:Class``), so a copied folder runs no one's code."""
-    from framework.workspace import owner
-
-    made_by = owner(Path(target_dir))
-    if named is None:
-        registered = {v: k for k, v in registered_problems().items()}
-        if made_by not in registered:
-            raise UserError(f"{target_dir} was made by '{made_by}', which is not a registered "
-                            "problem; if you trust that module, name it: --problem "
-                            f"{made_by}")
-        named = registered[made_by]
-    return load_problem(named)().attach(target_dir, device)
 
 
 def cmd_score(args) -> None:
@@ -103,6 +57,13 @@ def cmd_serve(args) -> None:
           args.host, args.port, limits, args.top_k, args.concurrency)
 
 
+def cmd_export(args) -> None:
+    from framework.export import export_model, summary
+
+    problem = attached_problem(args.target_dir, args.problem, "cpu")
+    print(summary(export_model(problem, args.format, args.checkpoint, args.out)))
+
+
 def cmd_sweep(args) -> None:
     from framework import sweep
 
@@ -134,13 +95,6 @@ def print_comparison(runs: list[str], out: str | Path | None) -> None:
         return
     paths = compare.write(table, Path(out))
     print(f"wrote {paths['markdown']} and {paths['csv']}", file=sys.stderr)
-
-
-def cmd_export(args) -> None:
-    from framework.export import export_model, summary
-
-    problem = attached_problem(args.target_dir, args.problem, "cpu")
-    print(summary(export_model(problem, args.format, args.checkpoint, args.out)))
 
 
 def cmd_config(args) -> None:
@@ -180,13 +134,14 @@ def cmd_list(args) -> None:
     from framework.models.downstream import DOWNSTREAMS
     from framework.models.upstream import UPSTREAMS
 
-    print("problems:")
-    for name in sorted(registered_problems()):
-        print(f"  {name:<14} {first_line(load_problem(name))}")
-    for title, registry in (("upstreams", UPSTREAMS), ("downstreams", DOWNSTREAMS)):
+    tables = {"problems": {name: first_line(load_problem(name))
+                           for name in sorted(registered_problems())},
+              "upstreams": UPSTREAMS.summaries(), "downstreams": DOWNSTREAMS.summaries()}
+    width = max(len(name) for table in tables.values() for name in table)
+    for title, table in tables.items():
         print(f"{title}:")
-        for name, summary in registry.summaries().items():
-            print(f"  {name:<14} {summary}")
+        for name, summary in table.items():
+            print(f"  {name:<{width}}  {summary}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -228,7 +183,6 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--problem", default=None,
                        help="module:Class of an unregistered problem that made target_dir")
     serve.set_defaults(func=cmd_serve)
-    add_sweep_and_compare(sub)
     export = sub.add_parser("export", help="write a trained model as TorchScript or ONNX, "
                             "checked against the framework (onnx: the export extra)")
     export.add_argument("target_dir", help="a trained run")
@@ -241,6 +195,7 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--problem", default=None,
                         help="module:Class of an unregistered problem that made target_dir")
     export.set_defaults(func=cmd_export)
+    add_sweep_and_compare(sub)
     config = sub.add_parser("config", help="print a problem's default YAML")
     config.add_argument("problem")
     config.set_defaults(func=cmd_config)

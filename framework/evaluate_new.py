@@ -36,7 +36,8 @@ from framework.audio.io import screen_manifest
 from framework.errors import CorpusError, UserError
 from framework.files import atomic_write_text
 from framework.inference import TrainedModels
-from framework.predict import require_classification, resolve_checkpoint
+from framework.inference import named_checkpoint
+from framework.predict import require_classification
 from framework.problem import headline
 
 log = logging.getLogger("framework.evaluate_new")
@@ -92,7 +93,7 @@ def evaluate_new_data(problem, data: NewData, name: str | None = None,
     absolute), "report_md", "excluded"}``."""
     require_classification(problem, "evaluate")
     name = check_name(problem.target_dir, name or Path(data.path).stem)
-    path = resolve_checkpoint(problem, checkpoint)
+    _, path = named_checkpoint(problem, checkpoint)
     table = data.manifest()
     task, state, trained = TrainedModels(problem).load(path)
     check_labels(problem, data.path, table, task.classes)

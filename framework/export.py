@@ -45,10 +45,9 @@ from torch import nn
 
 from framework.audio.dataset import collate_padded, read_manifest
 from framework.audio.io import read_audio
-from framework.checkpoint import CheckpointDir
 from framework.errors import UserError
 from framework.files import atomic_path, atomic_write_text
-from framework.inference import TrainedModels
+from framework.inference import TrainedModels, named_checkpoint
 from framework.tasks.verification import SpeakerVerificationTask
 
 FORMATS = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
@@ -81,7 +80,7 @@ def export_model(problem, fmt: str, checkpoint: str = "valid_best",
         raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":
         require_onnx()
-    name, ckpt = checkpoint_file(problem, checkpoint)
+    name, ckpt = named_checkpoint(problem, checkpoint)
     task, state, trained = TrainedModels(problem).load(ckpt)
     rate = int(state["sample_rate"])
     names = {"upstream": f"build_upstream.name={trained.build_upstream.name}",
@@ -98,26 +97,6 @@ def export_model(problem, fmt: str, checkpoint: str = "valid_best",
     sidecar = describe(problem, task, state, trained, fmt, path, name, ckpt, check)
     atomic_write_text(path.with_name(path.name + ".json"), json.dumps(sidecar, indent=1))
     return {**sidecar, "path": str(path), "sidecar": str(path) + ".json"}
-
-
-def checkpoint_file(problem, checkpoint: str) -> tuple[str, Path]:
-    """(name, file) of ``--checkpoint``: ``valid_best`` or ``step-N`` of the train stage, or a
-    checkpoint file (named by its stem)."""
-    if checkpoint == "valid_best" or re.fullmatch(r"step-\d+", checkpoint):
-        ckpts = CheckpointDir(problem.artifact("train", "checkpoints"))
-        if checkpoint == "valid_best":
-            return checkpoint, ckpts.best_path
-        step = int(checkpoint.split("-")[1])
-        if step not in ckpts.steps():
-            have = ", ".join(["valid_best", *(f"step-{s}" for s in ckpts.steps())])
-            raise UserError(f"--checkpoint {checkpoint}: no such checkpoint in "
-                            f"{ckpts.folder}; have {have}")
-        return checkpoint, ckpts.step_path(step)
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise UserError(f"--checkpoint {checkpoint}: neither valid_best, step-N nor a "
-                        "checkpoint file")
-    return path.stem, path
 
 
 def require_onnx() -> None:

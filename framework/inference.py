@@ -20,9 +20,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from framework.audio.dataset import SkippedItems
-from framework.checkpoint import load_checkpoint
+from framework.checkpoint import CheckpointDir, load_checkpoint
 from framework.distributed import Distributed
 from framework.encoder import CategoryEncoder
+from framework.errors import UserError
 from framework.progress import progress
 from framework.stages import digest
 
@@ -35,6 +36,24 @@ def checkpoint_meta(problem: str, cfg: dict, encoder: CategoryEncoder, upstream)
             "sample_rate": cfg["build_dataset"]["sample_rate"],
             "upstream": {"name": cfg["build_upstream"]["name"],
                          "conf": cfg["build_upstream"].get("conf", {}), **upstream.identity()}}
+
+
+def named_checkpoint(problem, name: str) -> tuple[str, Path]:
+    """(name, file) of a ``--checkpoint`` value: ``valid_best`` or ``step-N`` (a kept step
+    checkpoint of the problem's train stage), or a checkpoint file (named by its stem). A
+    UserError lists the choices."""
+    folder, label = CheckpointDir(problem.artifact("train", "checkpoints")), name
+    if name == "valid_best":
+        path = folder.best_path
+    elif name.startswith("step-") and name[5:].isdigit():
+        path = folder.step_path(int(name[5:])) if int(name[5:]) in folder.steps() else None
+    else:
+        path, label = Path(name), Path(name).stem
+    if path is None or not path.is_file():
+        steps = ", ".join(f"step-{s}" for s in folder.steps())
+        raise UserError(f"--checkpoint {name}: no such checkpoint in {folder.folder}; choose "
+                        f"valid_best{', ' + steps if steps else ''}, or a checkpoint file")
+    return label, path
 
 
 class TrainedModels:

@@ -35,11 +35,10 @@ from torch.utils.data import DataLoader
 
 from framework.audio.io import inspect_audio, read_audio
 from framework.audio.segments import WindowDataset, collate_windows
-from framework.checkpoint import CheckpointDir
 from framework.distributed import Distributed
 from framework.errors import AudioError, UserError
 from framework.files import atomic_path
-from framework.inference import Evaluator, TrainedModels
+from framework.inference import Evaluator, TrainedModels, named_checkpoint
 from framework.progress import progress
 
 #: a file path, or a waveform with its sample rate: ``(array (T,) or (T, channels), Hz)``
@@ -64,9 +63,9 @@ class Predictor:
 
     def __init__(self, problem, checkpoint: str = "valid_best"):
         """``problem``: attached to its target_dir (:meth:`Problem.attach`); ``checkpoint``:
-        ``valid_best``, ``step-N`` or a checkpoint file (:func:`resolve_checkpoint`)."""
+        ``valid_best``, ``step-N`` or a checkpoint file (:func:`~framework.inference.named_checkpoint`)."""
         require_classification(problem, "predict")
-        self.checkpoint = resolve_checkpoint(problem, checkpoint)
+        _, self.checkpoint = named_checkpoint(problem, checkpoint)
         self.task, self.state, self.config = TrainedModels(problem).load(self.checkpoint)
         self.device = problem.device
         self.labels = list(self.task.classes)
@@ -80,7 +79,7 @@ class Predictor:
              problem: str | None = None) -> "Predictor":
         """A Predictor for ``target_dir``'s problem (``problem``: ``module:Class`` of an
         unregistered one, as ``--problem`` on the command line)."""
-        from framework.cli import attached_problem
+        from framework.problems import attached_problem
 
         return cls(attached_problem(str(target_dir), problem, device), checkpoint)
 
@@ -195,24 +194,6 @@ def default_window_secs(cfg) -> float:
         if value:
             return float(value)
     return FALLBACK_WINDOW_SECS
-
-
-def resolve_checkpoint(problem, name: str) -> Path:
-    """The checkpoint file ``name`` stands for: ``valid_best``, ``step-N`` (a kept step
-    checkpoint of the run) or a path to a checkpoint file; a UserError lists the choices."""
-    folder = CheckpointDir(problem.artifact("train", "checkpoints"))
-    if name == "valid_best":
-        path = folder.best_path
-    elif name.startswith("step-") and name[5:].isdigit():
-        step = int(name[5:])
-        path = folder.step_path(step) if step in folder.steps() else None
-    else:
-        path = Path(name)
-    if path is None or not path.is_file():
-        steps = ", ".join(f"step-{s}" for s in folder.steps())
-        raise UserError(f"--checkpoint {name}: no such checkpoint in {folder.folder}; choose "
-                        f"valid_best{', ' + steps if steps else ''}, or a checkpoint file")
-    return path
 
 
 def require_classification(problem, command: str) -> None:

@@ -150,7 +150,7 @@ def test_an_unknown_checkpoint_is_one_line_listing_the_available(exported, capsy
                                   "--checkpoint", "step-7")
     assert code == 2 and err.strip().splitlines() == [
         f"error: --checkpoint step-7: no such checkpoint in {target / 'train/checkpoints'}; "
-        "have valid_best, step-20, step-40"]
+        "choose valid_best, step-20, step-40, or a checkpoint file"]
 
 
 def test_an_upstream_that_cannot_export_is_named_with_the_workaround(tmp_path, corpus,
