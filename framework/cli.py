@@ -1,4 +1,7 @@
-"""Command line: ``python -m framework {run,score,predict,evaluate,config,list} ...``."""
+"""Command line: ``python -m framework COMMAND ...``: run a problem's stages (``run``,
+``sweep``), use a trained target_dir (``predict``, ``evaluate``, ``score``, ``serve``,
+``export``), read runs side by side (``compare``), and look things up (``config``, ``list``).
+"""
 from __future__ import annotations
 
 import argparse

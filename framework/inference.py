@@ -1,11 +1,12 @@
 """Inference in one place: trained models from checkpoints, and the evaluator.
 
 Every consumer of a trained model goes through here: stage 3, validation during training
-(both families), ``score``, and later ``predict``, ``serve``, ``export`` and k-fold
-aggregation.
+(both families), ``score``, ``predict``, ``evaluate`` on new data, ``serve`` and ``export``.
 
 * :func:`checkpoint_meta` is what makes a checkpoint self-sufficient: the problem, the whole
   training config, the label list, the sample rate and the upstream's identity.
+* :func:`named_checkpoint` turns a ``--checkpoint`` value (``valid_best``, ``step-N``, a
+  file) into the file.
 * :class:`TrainedModels` rebuilds a task from such a checkpoint (once per configuration,
   reused across checkpoints of one run) with its weights loaded, in eval mode.
 * :class:`Evaluator` owns the batch loop, the cross-rank gather and the one-process order of
@@ -62,10 +63,21 @@ class TrainedModels:
     def __init__(self, problem):
         self.problem = problem
         self.built: dict[str, object] = {}
+        self.last: tuple[tuple, tuple] | None = None  # (file and mtime, what load returned)
 
     def load(self, checkpoint: str | Path) -> tuple[object, dict, DictConfig]:
         """(task on the problem's device, in eval mode, with the checkpoint's weights; the
-        checkpoint's state; the config it was trained with)."""
+        checkpoint's state; the config it was trained with). Loading the same unchanged file
+        again returns the same objects without reading it (a server scoring many requests)."""
+        path = Path(checkpoint).resolve()
+        stamp = (path, path.stat().st_mtime_ns) if path.is_file() else None
+        if stamp is not None and self.last is not None and self.last[0] == stamp:
+            return self.last[1]
+        loaded = self.read(checkpoint)
+        self.last = (stamp, loaded) if stamp is not None else None
+        return loaded
+
+    def read(self, checkpoint) -> tuple[object, dict, DictConfig]:
         state = load_checkpoint(checkpoint, self.problem.problem_name())
         config = OmegaConf.create(state["config"])
         key = digest({k: state["config"].get(k) for k in self.problem.model_sections})

@@ -13,8 +13,8 @@ Contracts:
   host for anything.
 * **Checked at start**: a bad target_dir or checkpoint fails in one line before the page is
   served. A classification model is loaded once, by :class:`framework.predict.Predictor`.
-  Verification goes through the problem's ``score_files``, which reads the checkpoint on
-  each call (it takes no loaded model).
+  Verification goes through the problem's ``score_files``, which keeps the model it loaded
+  the first time (:class:`framework.inference.TrainedModels` reuses an unchanged file).
 * **Bad uploads** (not audio, empty, longer than ``max_secs``, larger than ``max_mb``) get
   a one-line message on the page naming the file; the request ends there and the server goes
   on serving. Gradio refuses files above ``max_mb`` before they are stored.
@@ -115,9 +115,9 @@ class Classify:
 class Verify:
     """The page's verification request: two checked clips → a one-line verdict.
 
-    ``score_files`` reads the checkpoint and builds a data loader on every call (it takes no
-    loaded model): one call at a time keeps that loader's worker processes from being forked
-    by two threads at once."""
+    ``score_files`` keeps its loaded model but builds a data loader on every call: one call
+    at a time keeps that loader's worker processes from being forked by two threads at
+    once, and the shared model from scoring two pairs at once."""
 
     def __init__(self, problem, checkpoint: str, limits: Limits):
         self.problem, self.checkpoint, self.limits = problem, checkpoint, limits

@@ -228,7 +228,9 @@ class SpeakerVerification(Problem):
         """Cosine score of two audio files under an evaluated checkpoint, and the decision at
         that checkpoint's validation-EER threshold. Needs :meth:`attach` and stage 3."""
         record = self.validation_record(checkpoint)
-        task, _, trained = TrainedModels(self).load(record["checkpoint_path"])
+        if getattr(self, "trained_models", None) is None:  # kept: a server scores many pairs
+            self.trained_models = TrainedModels(self)
+        task, _, trained = self.trained_models.load(record["checkpoint_path"])
         trained.build_dataset.cache_waveforms = False  # two files: not worth a cache entry
         with tempfile.TemporaryDirectory() as tmp:
             manifest = Path(tmp) / "pair.csv"
