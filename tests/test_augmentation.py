@@ -122,6 +122,15 @@ def test_spec_augment_masks_whole_frames_and_bins_per_item():
     assert 0 < bins.sum(1).float().mean() <= 24
 
 
+
+def test_frequency_masks_cover_at_most_half_the_bins_and_spare_a_waveform():
+    spec = augment.SpecAugment(freq_masks=4, freq_mask_bins=10)
+    torch.manual_seed(0)
+    narrow = spec(torch.ones(32, 50, 6), torch.full((32,), 50))
+    assert ((narrow == 0).all(1).sum(1) <= 4 * 3).all()  # each mask at most 6 // 2 bins
+    # one dimension (the waveform upstream): a mask would erase the whole input
+    assert torch.equal(spec(torch.ones(8, 400, 1), torch.full((8,), 400)), torch.ones(8, 400, 1))
+
 def kws_model(conf: dict, sample_rate: int = 16000) -> UpstreamDownstreamModel:
     upstream = UPSTREAMS.build("fbank")
     torch.manual_seed(0)

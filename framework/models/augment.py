@@ -105,22 +105,25 @@ class SpecAugment(nn.Module):
 
     Each of ``time_masks`` masks covers a width drawn uniformly in [0, ``time_mask_frames``)
     frames at a position drawn over the batch's padded length (torchaudio's rule), each of
-    ``freq_masks`` masks up to ``freq_mask_bins`` feature dimensions."""
+    ``freq_masks`` masks up to ``freq_mask_bins`` feature dimensions, and never more than
+    half of them: a one-dimensional feature (the ``waveform`` upstream) gets no frequency
+    mask, which would otherwise erase the whole input."""
 
     def __init__(self, time_masks: int = 0, time_mask_frames: int = 20, freq_masks: int = 0,
                  freq_mask_bins: int = 10):
         super().__init__()
         self.time_masks, self.freq_masks = time_masks, freq_masks
+        self.freq_mask_bins = freq_mask_bins
         self.time = torchaudio.transforms.TimeMasking(time_mask_frames, iid_masks=True)
-        self.freq = torchaudio.transforms.FrequencyMasking(freq_mask_bins, iid_masks=True)
 
     def forward(self, features: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         """(B, T', D) → (B, T', D) with masks; ``lens`` unchanged (padding stays padding)."""
         x = features.transpose(1, 2).unsqueeze(1)  # torchaudio's (B, channel, freq, time)
         for _ in range(self.time_masks):
             x = self.time(x)
-        for _ in range(self.freq_masks):
-            x = self.freq(x)
+        widest = min(self.freq_mask_bins, x.shape[2] // 2)
+        for _ in range(self.freq_masks if widest > 0 else 0):
+            x = torchaudio.functional.mask_along_axis_iid(x, widest, 0.0, axis=2)
         return x.squeeze(1).transpose(1, 2)
 
 
