@@ -144,6 +144,8 @@ class Problem:
             conf = cfg[section]
             check_kwargs(registry.get(conf.name, f"{section}.name"), conf.conf,
                          f"{section}.conf", given)
+        upstream_conf = cfglib.to_plain(cfg.build_upstream.conf)
+        UPSTREAMS.get(cfg.build_upstream.name).check_conf(upstream_conf)
         optimizer = getattr(torch.optim, cfg.build_optimizer.name, None)
         if not inspect.isclass(optimizer):
             raise ConfigError(f"build_optimizer.name: '{cfg.build_optimizer.name}' is not a "

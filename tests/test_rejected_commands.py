@@ -40,6 +40,7 @@ BAD_VALUES = [
                                "test"),
     ("prepare_data.dataset_root=/no/such/corpus", "prepare_data.dataset_root=/no/such/corpus "
                                                   "does not exist"),
+    ("build_upstream.name=wavlm", "needs either checkpoint=PATH"),
 ]
 
 
@@ -65,6 +66,15 @@ def test_each_bad_value_is_refused_before_anything_is_written(item, named, tmp_p
     assert named in str(caught.value)
     assert "\n" not in str(caught.value)
     assert not target.exists()
+
+
+def test_a_missing_pretrained_checkpoint_is_refused_before_stage_0(tmp_path, corpus):
+    target = tmp_path / "run"
+    with pytest.raises(UserError) as caught:
+        KWS().run(dotlist=command(target, corpus, "build_upstream.name=hubert",
+                                  f"build_upstream.conf={{checkpoint: {tmp_path}/no-model}}"))
+    assert "build_upstream.conf.checkpoint=" in str(caught.value)
+    assert "no such folder" in str(caught.value) and not target.exists()
 
 
 @pytest.fixture(scope="module")

@@ -83,29 +83,41 @@ class HFUpstream(Upstream):
     sample_rate = 16000
     learned = True
 
+    @classmethod
+    def check_conf(cls, conf: dict) -> None:
+        """Before stage 0: exactly one of ``checkpoint`` and ``random_init``, and the
+        checkpoint folder exists (a missing one would otherwise surface at stage 2)."""
+        cls.source_of(conf.get("checkpoint"), conf.get("random_init", False), conf.get("size"))
+
+    @classmethod
+    def source_of(cls, checkpoint, random_init: bool, size) -> Path | None:
+        """The checkpoint folder to load (None for ``random_init``); ConfigError otherwise."""
+        if bool(checkpoint) == bool(random_init):
+            raise ConfigError(f"{KEY}: {cls.name} needs either checkpoint=PATH (a Hugging Face "
+                              f"model folder or a model id in the local cache) or "
+                              f"random_init=true, not {'both' if checkpoint else 'neither'}")
+        if random_init:
+            return None
+        if size is not None:
+            raise ConfigError(f"{KEY}.size: applies to random_init only; the checkpoint "
+                              f"sets the size (override keywords with {KEY}.config)")
+        return resolve_checkpoint(checkpoint)
+
     def __init__(self, checkpoint: str | None = None, random_init: bool = False,
                  size: str | None = None, config: dict | None = None,
                  normalize: bool | None = None, seed: int = 0):
         super().__init__()
-        if bool(checkpoint) == bool(random_init):
-            raise ConfigError(f"{KEY}: {self.name} needs either checkpoint=PATH (a Hugging Face "
-                              f"model folder or a model id in the local cache) or "
-                              f"random_init=true, not {'both' if checkpoint else 'neither'}")
+        self.source = self.source_of(checkpoint, random_init, size)
         # LayerDrop off unless asked (s3prl does the same): transformers returns no hidden
         # state for a skipped layer, which the featurizer's layer weights cannot take
         overrides = {"layerdrop": 0.0, **self.check_overrides(config or {})}
         if random_init:
-            self.source = None
             # its own seed: a frozen random upstream is not checkpointed, so evaluation and
             # every later run must rebuild exactly the same weights
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 self.model = self.build_random(size or "base", overrides)
         else:
-            if size is not None:
-                raise ConfigError(f"{KEY}.size: applies to random_init only; the checkpoint "
-                                  f"sets the size (override keywords with {KEY}.config)")
-            self.source = resolve_checkpoint(checkpoint)
             self.model = self.load(self.source, overrides)
         self.model.train(self.training)
         cfg = self.model.config

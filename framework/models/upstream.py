@@ -40,6 +40,11 @@ class Upstream(nn.Module):
                 "hidden_sizes": list(self.hidden_sizes)}
 
     @classmethod
+    def check_conf(cls, conf: dict) -> None:
+        """Checks of ``conf`` that need no building, run before stage 0 (e.g. that a
+        pretrained checkpoint exists); raise ConfigError. Nothing to check by default."""
+
+    @classmethod
     def expected_sample_rate(cls, conf: dict) -> int:
         """The input rate (Hz) of this upstream built with ``conf``, without building it:
         its ``sample_rate`` argument when it takes one, else the class's ``sample_rate``."""
