@@ -25,6 +25,18 @@ FAST = {
 }
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny tensors on 2 shared cores, where threads cost more than they save."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     """Roots of a synthesized v0.01 corpus and its test set (8 speakers)."""

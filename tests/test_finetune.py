@@ -23,6 +23,9 @@ from framework.trainer import Trainer, TrainConfig, seed_everything
 from recipes.kws import KWS
 from tests.conftest import FAST, corpus_overrides, merge
 
+# tiny tensors on 2 shared cores: one torch thread (conftest)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # a tiny random-init wav2vec2: 2 transformer layers of 32, a 3-layer CNN, 320x downsampling
 # (LayerDrop is off by default: a fine-tuned forward returns every layer)
 TINY_SSL = {"name": "wav2vec2", "conf": {"random_init": True, "config": {
@@ -41,14 +44,6 @@ SETTINGS = {
 # an open mapping switched to another class is replaced on the command line (not merged)
 WARMUP_DOTLIST = ["build_scheduler.name=warmup",
                   "build_scheduler.conf={warmup_ratio: 0.25, decay: linear}"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors on 2 shared cores: threads cost more than they save
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

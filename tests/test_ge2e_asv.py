@@ -44,6 +44,9 @@ from framework.verification import trial_rows
 from recipes.asv import ASV
 from tests.conftest import merge
 
+# tiny tensors on 2 shared cores: one torch thread (conftest)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # The same downstream, loss, optimizer and steps for every upstream compared: a small x-vector
 # and 60 steps. Featurizer layer normalisation (s3prl's default) is applied to every run alike:
 # mean test EER GE2E 12.8 % with it, 16.9 % without; fbank 14.8 % and 21.2 %.
@@ -60,14 +63,6 @@ BUDGET = {
     "build_optimizer": {"conf": {"lr": 3e-3}},
 }
 TEST_LIST = "veri_test2"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors on 2 shared cores: two threads took 3x the time
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

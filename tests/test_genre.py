@@ -20,20 +20,15 @@ from framework.models.upstream import UPSTREAMS
 from framework.stages import STAGES
 from recipes.genre import Genre
 
+# tiny tensors on 2 shared cores: one torch thread (conftest)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 # 12 clips of ~3 s per genre; quarters for test and valid; 2-s crops and 2-s windows
 TINY = ["prepare_data.test_fraction=0.25", "prepare_data.valid_fraction=0.25",
         "build_dataset.train.max_secs=2.0", "build_dataset.test.window_secs=2.0",
         "build_batch_sampler.train.batch_size=16", "build_optimizer.conf.lr=3e-3",
         "train.log_step=10"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors on 2 shared cores: threads cost more than they save
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,9 @@ from framework.models import speaker  # importing it registers the heads
 from framework.models.downstream import DOWNSTREAMS
 from framework.models.losses import LOSSES
 
+# tiny tensors on 2 shared cores: one torch thread (conftest)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Small enough that every test runs in milliseconds; the defaults are covered once below.
 TINY = {
     "xvector": {"hidden_size": 24, "channels": [24, 24, 24, 24, 48]},
@@ -19,16 +22,6 @@ TINY = {
                    "attention_channels": 16},
 }
 HEADS = sorted(TINY)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads cost more in synchronisation than they save (on a busy
-    2-core machine the overfit tests run ~30x slower with 2 threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build_head(name, conf=None, input_size=20, output_size=16):

@@ -24,6 +24,9 @@ import torch
 from framework.errors import CheckpointError, ConfigError, UserError
 from framework.models.upstream import UPSTREAMS
 
+# tiny tensors on 2 shared cores: one torch thread (conftest)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SSL = ["wav2vec2", "hubert", "wavlm", "distilhubert", "data2vec_audio"]
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
             conv_dim=[16] * 7, num_conv_pos_embedding_groups=4)
@@ -32,14 +35,6 @@ EXTRA = {"wav2vec2": dict(num_conv_pos_embeddings=16), "hubert": dict(num_conv_p
          "distilhubert": dict(num_conv_pos_embeddings=16), "data2vec_audio": {}}
 LAYER_NORM_CNN = dict(feat_extract_norm="layer", do_stable_layer_norm=True)
 HAS_RESEMBLYZER = importlib.util.find_spec("resemblyzer") is not None
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads cost more than they save
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
