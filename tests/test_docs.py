@@ -5,7 +5,8 @@ Tutorials (docs/tutorials/*.md) are run block by block, in order, in an empty fo
 reader would: a ```python or ```yaml block whose first line is ``# file: NAME`` is written to
 NAME; any other ```python block runs as a script (``python block.py``); a ```sh block runs in
 bash (``-euo pipefail``) with this venv's ``python`` first on PATH. Other blocks (```text,
-```mermaid) are shown, not run.
+```mermaid) are shown, not run. README.md's "A five-minute tour" section runs the same way,
+with its scratch folder ``/tmp/tour`` replaced by the test's temporary folder.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from framework import config_reference
 from framework.cli import load_problem, parser
@@ -107,11 +109,16 @@ def code_blocks(markdown: str) -> list[tuple[str, str]]:
 def run_tutorial(page: Path, folder: Path) -> str:
     """Run ``page``'s blocks in ``folder`` (see the module docstring); return their output.
     A failing block fails the test with its code and output."""
+    return run_blocks(page.read_text(), folder, page.name)
+
+
+def run_blocks(markdown: str, folder: Path, where: str) -> str:
+    """Run the blocks of ``markdown`` in ``folder``; ``where`` names them in a failure."""
     # one thread: on 2 shared cores, torch's two threads ran these tiny steps 30x slower
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "SPEECH_RECIPES_PROGRESS": "off", "OMP_NUM_THREADS": "1"}
     output = []
-    for number, (language, code) in enumerate(code_blocks(page.read_text()), 1):
+    for number, (language, code) in enumerate(code_blocks(markdown), 1):
         marked = FILE_MARK.match(code)
         if marked and language in ("python", "yaml"):
             (folder / marked[1]).write_text(code)
@@ -127,7 +134,7 @@ def run_tutorial(page: Path, folder: Path) -> str:
         done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True,
                               timeout=300)
         output.append(done.stdout + done.stderr)
-        assert done.returncode == 0, (f"{page.name}, block {number} ({language}) exited "
+        assert done.returncode == 0, (f"{where}, block {number} ({language}) exited "
                                       f"{done.returncode}:\n{code}\n--- output ---\n"
                                       f"{done.stdout}{done.stderr[-3000:]}")
     return "\n".join(output)
@@ -181,6 +188,43 @@ def test_tutorial_run_a_sweep(tmp_path):
     table = pd.read_csv(tmp_path / "exp" / "tables" / "compare.csv")
     assert sorted(table.lr) == [0.001, 0.01] and table.best.sum() == 1
     assert "★" in output
+
+
+# -- README's five-minute tour ----------------------------------------------------------------
+
+TOUR_FOLDER = "/tmp/tour"
+
+
+def readme_section(title: str) -> str:
+    """The text of README.md's ``## title`` section, up to the next ``## `` heading."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert match, f"README.md has no section '## {title}'"
+    return match[1]
+
+
+def test_readme_tour(tmp_path):
+    """The tour's commands run as written, in a temporary folder, and do what it says."""
+    tour = readme_section("A five-minute tour")
+    assert TOUR_FOLDER in tour and "```sh" in tour
+    output = run_blocks(tour.replace(TOUR_FOLDER, str(tmp_path)), tmp_path, "README.md tour")
+    run = tmp_path / "exp" / "kws"
+    for path in ("data/train.csv", "encoder.json", "train/checkpoints/valid_best.pt",
+                 "evaluate/valid_best/test/predictions.csv", "report/report.md",
+                 "report/confusion_matrix.png", "report/training_curves.png",
+                 "stages/4-report.json"):
+        assert (run / path).exists(), path
+    assert "# KWS" in output and "Headline" in output  # the head of report.md
+    # the rerun skipped all five stages; the lr change reran training and kept the old run
+    assert output.count("up to date, skipped") >= 5 + 2
+    assert "config section build_optimizer changed" in output
+    kept = list((run / "train.runs").iterdir())
+    assert len(kept) == 1 and (kept[0] / "checkpoints" / "valid_best.pt").is_file()
+    predictions = [json.loads(line) for line in output.splitlines() if line.startswith('{"file"')]
+    assert len(predictions) == 2 and all(len(p["predictions"]) == 3 for p in predictions)
+    table = [line for line in output.splitlines() if "exp/kws" in line and line.startswith("|")]
+    assert len(table) == 2 and sum("★" in line for line in table) == 1
+    assert any("mfcc" in line for line in table)
 
 
 # -- every command shown in README.md and docs/ -----------------------------------------------
@@ -257,6 +301,11 @@ def test_shown_command_parses_and_composes(where, argv):
         except ConfigError as err:  # acceptable only when it looked for the reader's data
             absent = [value for _, _, value in map(lambda i: i.partition("="), items)
                       if value.startswith("/") and not Path(value).exists()]
+            # or the reader's pretrained model (a folder or a Hub id, from the command or a
+            # --config file), which this machine's Hugging Face cache need not hold
+            checkpoint = OmegaConf.select(cfg, "build_upstream.conf.checkpoint")
+            if checkpoint and not Path(str(checkpoint)).exists():
+                absent.append(str(checkpoint))
             assert any(path in str(err) for path in absent), f"{where}: {err}"
 
 
