@@ -35,6 +35,7 @@ bench: setup
 	$(PY) bench/feature_cache_speed.py
 	$(PY) bench/asv_scoring.py
 	$(PY) bench/asv_embedding_memory.py
+	$(PY) bench/classification_quality.py
 
 clean:
 	rm -rf $(VENV) exp

@@ -111,7 +111,9 @@ def start(shape: Distributed, device: torch.device, backend: str, timeout_s: flo
     """Join the process group (no-op for one process) and share the CPU among local ranks."""
     if not shape.enabled:
         return
-    threads = max(1, (os.cpu_count() or 1) // shape.local_world_size)
+    # the cores this process may use (a SLURM or taskset allocation), not the whole node's
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) // shape.local_world_size)
     torch.set_num_threads(threads)  # 2 processes x all cores each would thrash a small machine
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
