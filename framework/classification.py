@@ -101,10 +101,12 @@ def check_known_labels(train_csv, others: dict) -> None:
         if len(unseen):
             shown = ", ".join(f"'{name}' ({n} item{'s' * (n > 1)})"
                               for name, n in unseen.astype(int).items())
+            listed = sorted(known)
+            listed = ", ".join(listed[:12]) + (", ..." if len(listed) > 12 else "")
             raise CorpusError(f"{csv}: the {split} manifest has label(s) training never saw: "
-                              f"{shown}; the {len(known)} training labels are "
-                              f"{', '.join(sorted(known))}; give training clips of them or "
-                              f"remove those {split} clips, then rerun stage 0")
+                              f"{shown}; the {len(known)} training labels are {listed}; give "
+                              f"training clips of them or remove those {split} clips, then "
+                              "rerun stage 0")
 
 
 class LabelledWindows(WindowDataset):
