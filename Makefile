@@ -26,6 +26,11 @@ demo: setup
 	$(PY) -m framework run asv --config configs/asv_demo.yaml target_dir=$(DEMO)/asv \
 	    prepare_data.dev_root=$(DEMO)/corpus/vox1_dev_wav \
 	    prepare_data.test_root=$(DEMO)/corpus/vox1_test_wav prepare_data.trials_dir=$(DEMO)/corpus
+	$(PY) -m corpora.synthesize gtzan $(DEMO)/corpus/gtzan --clips-per-genre 20 --secs 10
+	$(PY) -m framework run genre --config configs/genre_demo.yaml target_dir=$(DEMO)/genre \
+	    prepare_data.dataset_root=$(DEMO)/corpus/gtzan
+	$(PY) -m framework predict $(DEMO)/genre --top-k 3 \
+	    $(DEMO)/corpus/gtzan/genres_original/jazz/jazz.00001.wav
 
 test: setup
 	$(PY) -m pytest -q  # setup.cfg [tool:pytest]: tests/ and the doctests of framework/, corpora/
