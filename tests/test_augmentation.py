@@ -244,3 +244,17 @@ def test_an_augmented_run_killed_mid_step_resumes_bitwise(tmp_path, run_kws, cor
     for name, tensor in expected["task"].items():
         assert torch.equal(tensor, got["task"][name]), name
     assert expected["progress"]["train_history"] == got["progress"]["train_history"]
+
+
+def test_the_report_says_which_augmentation_trained_the_model(tmp_path, run_kws):
+    import json
+
+    target = tmp_path / "run"
+    run_kws(target, build_augmentation={"spec_augment": {"time_masks": 2}},
+            train={"total_steps": 10, "eval_step": 10, "save_step": 10, "log_step": 5})
+    rows = [line for line in (target / "report" / "report.md").read_text().splitlines()
+            if line.startswith("| Augmentation (training only) |")]
+    assert len(rows) == 1 and "spec_augment" in rows[0] and "time_masks=2" in rows[0], rows
+    assert "noise" not in rows[0] and "speed" not in rows[0]
+    summary = json.loads((target / "report" / "report.json").read_text())["config"]
+    assert summary["augmentation"]["spec_augment"]["time_masks"] == 2

@@ -109,7 +109,8 @@ def config_summary(cfg: dict, task, loss: dict) -> dict:
     (``{"name", "conf", "stepped"}``; ``stepped`` = ``train.use_scheduler``), ``batch_size`` (per
     process and micro-batch), ``gradient_accumulate``, ``world_size``,
     ``effective_batch_size`` (their product), ``total_steps``, ``valid_metric``,
-    ``valid_higher_better`` and ``parameters`` (:func:`parameter_counts`).
+    ``valid_higher_better``, ``augmentation`` (:func:`augmentation_summary`) and
+    ``parameters`` (:func:`parameter_counts`).
     """
     train, optimizer = cfg["train"], cfg["build_optimizer"]
     batch = cfg["build_batch_sampler"]["train"]["batch_size"]
@@ -129,7 +130,19 @@ def config_summary(cfg: dict, task, loss: dict) -> dict:
         "world_size": world, "effective_batch_size": batch * train["gradient_accumulate"] * world,
         "total_steps": train["total_steps"], "valid_metric": train.get("valid_metric"),
         "valid_higher_better": train.get("valid_higher_better"),
+        "augmentation": augmentation_summary(cfg.get("build_augmentation")),
         "parameters": parameter_counts(task)}
+
+
+def augmentation_summary(section: dict | None) -> dict:
+    """The parts of a ``build_augmentation`` section that are on (``{}``: none, or a problem
+    without the section): ``spec_augment`` with masks, ``noise`` with a folder, ``speed``
+    with factors, each with its settings."""
+    section = section or {}
+    spec, noise, speed = (section.get(k) or {} for k in ("spec_augment", "noise", "speed"))
+    on = {"spec_augment": spec.get("time_masks") or spec.get("freq_masks"),
+          "noise": noise.get("folder"), "speed": speed.get("factors")}
+    return {name: section[name] for name, enabled in on.items() if enabled}
 
 
 def steps_every_update(name: str) -> bool:
@@ -200,6 +213,9 @@ def _md_settings(c: dict) -> list[tuple[str, str]]:
                   f"{c['gradient_accumulate']} accumulated = {c['effective_batch_size']} "
                   f"per update"),
         ("Updates", _n(c["total_steps"])),
+        ("Augmentation (training only)", "; ".join(
+            f"{name} {_kwargs(conf)}" for name, conf in c.get("augmentation", {}).items())
+         or "none"),
         ("Checkpoint choice", f"validation {c['valid_metric']} "
                               f"({'higher' if c['valid_higher_better'] else 'lower'} is better)"),
         ("Parameters (trainable / total)",
