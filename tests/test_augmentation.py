@@ -191,7 +191,9 @@ def test_each_augmentation_trains_in_a_kws_run(name, tmp_path, run_kws, noise_fo
     target = tmp_path / name
     run_kws(target, build_augmentation=chosen)
     losses = [h["loss"] for h in history(target)["train"]]
-    assert losses[-1] < 0.5 * losses[0], losses
+    # measured last/first loss 0.13-0.45 (speed 0.8-1.2 the hardest) and accuracy >= 0.83 over
+    # seeds; chance accuracy 1/12: bounds far from both the runs and an untrained model
+    assert losses[-1] < 0.7 * losses[0], losses
     assert accuracy(target) > 0.5
 
 

@@ -74,9 +74,10 @@ def test_cached_features_give_the_same_results_as_computing_them(cache_runs):
     # Both learned: measured 0.375-0.417 accuracy (train.seed 1337 and 1; chance 1/12 = 0.083,
     # the untrained loss ln 12 = 2.48) and loss 1.94-2.04. Cached and uncached differed by
     # 0 items and < 0.0003 in loss: they differ only by fp16 rounding of the features
-    # (checked entry by entry below). 0.25 is 3 items below the lowest run, 2x chance above.
+    # (checked entry by entry below). 0.25 is 3 items below the lowest run, 2x chance above;
+    # the loss bound sits between the runs' 2.04 and the untrained 2.48.
     for run in (with_cache, without):
-        assert run["accuracy"] >= 0.25 and run["loss"] < 2.3, run
+        assert run["accuracy"] >= 0.25 and run["loss"] < 2.4, run
     assert abs(with_cache["accuracy"] - without["accuracy"]) <= 2 / 24 + 1e-9  # two test items
     assert abs(with_cache["loss"] - without["loss"]) < 0.05
     train = (targets[True] / "data/train.csv").read_text().count("\n") - 1
